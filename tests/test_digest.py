@@ -547,7 +547,8 @@ def test_failed_send_is_retried_at_the_next_tick_and_bounded(
 
 def test_next_digest_starts_where_the_last_one_ended(monitor: Invoke, smtp_server: SmtpFactory,
                                                      database_url: str) -> None:
-    """The 22nd's digest covers from the 21st's send time on, so 004 (nb) is in it alone."""
+    """The 22nd's digest covers from the 21st's send time on, so 004 (nb) is its only new
+    item: it joined the 21st's story of 002/003, which comes back as an update."""
     monitor("backfill", str(SEEDS))
     server = smtp_server()
     settings, sessions = _settings(database_url, server.port), _sessions(database_url)
@@ -555,7 +556,9 @@ def test_next_digest_starts_where_the_last_one_ended(monitor: Invoke, smtp_serve
     second = digest_job.build(settings, sessions, date(2025, 8, 22))
     assert second.window.since == _tokyo(21, 7)
     assert second.counts.items == 1 and second.counts.pending == 1
-    assert second.sections[0].stories[0].original_language == "nb"
+    entry = second.sections[0].stories[0]
+    assert not entry.is_new and entry.languages == ("en", "nb")
+    assert [i.language for i in entry.items if i.pending] == ["nb"]
 
 
 def test_schedule_adds_a_cron_job_at_local_time_and_a_retry_job() -> None:
