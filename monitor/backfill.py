@@ -21,6 +21,7 @@ from monitor import db, logs
 from monitor.config import Settings
 from monitor.embed import make_embedder
 from monitor.errors import MonitorError, StoreError
+from monitor.parse import DEFAULT_LIMITS, ParseLimits, limits_for
 from monitor.pipeline import Filters, Pipeline, ingest
 from monitor.sources import Source, discover, read
 from monitor.stories import orphans
@@ -36,6 +37,7 @@ class Options:
     published: datetime | None = None
     since: datetime | None = None
     until: datetime | None = None
+    limits: ParseLimits = DEFAULT_LIMITS  # run_backfill sets the configured [limits]
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,7 @@ def _line(o: Outcome) -> str:
 def ingest_source(sessions: sessionmaker[Session], source: Source, options: Options,
                   pipeline: Pipeline) -> IngestReport:
     """One source in one transaction."""
-    articles, ctx = read(source, outlet=options.outlet)
+    articles, ctx = read(source, outlet=options.outlet, limits=options.limits)
     if options.published is not None:
         ctx = replace(ctx, published=options.published)
     filters = Filters(options.since, options.until)
@@ -153,6 +155,7 @@ def run_backfill(settings: Settings, sessions: sessionmaker[Session], specs: Seq
     Then (unless ``settle`` is false: the daemon's sweep will embed them) the stored
     items are embedded and placed in stories again in the canonical order."""
     summary = Summary()
+    options = replace(options, limits=limits_for(settings.limits))
     sources: list[Source] = []
     for spec in specs:
         try:

@@ -11,6 +11,7 @@ import click
 
 from monitor import cli as cli_module
 from monitor import mailer
+from monitor.config import redact_url
 from monitor.digest import latest_due_day
 from monitor.digest_job import build, deliver
 from monitor.errors import ConfigError, MonitorError
@@ -30,8 +31,8 @@ class SmtpUrl(click.ParamType):
             return value
         try:
             return mailer.parse_smtp_url(str(value))
-        except ValueError as exc:
-            self.fail(f"{value!r} {exc}", param, ctx)
+        except ValueError as exc:  # the URL as given, less any password it wrongly carries
+            self.fail(f"{redact_url(str(value))!r} {exc}", param, ctx)
 
 
 class Address(click.ParamType):

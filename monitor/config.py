@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from monitor.errors import ConfigError
@@ -40,6 +40,7 @@ class Feed:
     topics: tuple[str, ...] = ()
     interval_minutes: int | None = None
     user_agent: str | None = None
+    max_items_per_poll: int | None = None  # None: fetch.max_items_per_poll
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,23 @@ class FetchSettings:
     max_interval_minutes: int = 1440
     default_interval_minutes: int = 60
     max_items_per_poll: int = 1000
+
+
+@dataclass(frozen=True)
+class LimitSettings:
+    """Caps on the fields of one item, polled or backfilled (SECURITY.md, "Limits"). They
+    can only tighten the parse stage's built-in limits (CEILINGS), which were measured."""
+
+    max_title_chars: int = 500
+    max_summary_chars: int = 20_000
+    max_text_chars: int = 200_000
+    max_author_chars: int = 300
+
+
+# The built-in limits of the parse stage (monitor/parse.py) and the database columns
+# (items.author is 300 characters): configured values may lower them, never raise them.
+MAX_ITEMS_PER_POLL = 1000
+CEILINGS = {f.name: f.default for f in fields(LimitSettings)}
 
 
 @dataclass(frozen=True)
@@ -119,6 +137,7 @@ class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     log_format: str = "console"
     fetch: FetchSettings = FetchSettings()
+    limits: LimitSettings = LimitSettings()
     language: LanguageSettings = LanguageSettings()
     translation: TranslationSettings = TranslationSettings()
     digest: DigestSettings = DigestSettings()
@@ -135,6 +154,7 @@ class Settings:
             "database_url": redact_url(self.database_url),
             "log_format": self.log_format,
             "fetch": _plain(self.fetch),
+            "limits": _plain(self.limits),
             "language": _plain(self.language),
             "translation": _plain(self.translation),
             "digest": {k: v for k, v in _plain(self.digest).items() if k != "smtp_password"}
@@ -152,15 +172,28 @@ def _plain(obj: Any) -> dict[str, Any]:
 
 
 def redact_url(url: str) -> str:
-    """Hide the password of a URL such as postgresql://user:secret@host/db."""
+    """Hide the secrets of a URL: the password of postgresql://user:secret@host/db, and
+    query parameters such as ``?password=secret`` or ``?sslpassword=`` (libpq reads both)."""
     try:
         parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
     except ValueError:
         return "<unparseable url>"
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
+    netloc = parts.netloc
+    if parts.password is not None:
+        userinfo, _, hostport = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}:***@{hostport}"
+    query = "&".join(_redact_param(pair) for pair in parts.query.split("&")) if parts.query \
+        else ""
+    if (netloc, query) == (parts.netloc, parts.query):
+        return url  # unchanged (urlunsplit would turn sqlite:///x into sqlite:/x)
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
+
+
+def _redact_param(pair: str) -> str:
+    name, sep, _value = pair.partition("=")
+    secret = any(word in unquote(name).lower() for word in ("password", "secret", "token"))
+    return f"{name}{sep}***" if secret and sep else pair
 
 
 # --- validation --------------------------------------------------------------------
@@ -221,15 +254,35 @@ def _count(value: Any) -> str | None:
     return _is(int, "an integer")(value) or (None if value > 0 else "must be > 0")
 
 
+def _at_most(ceiling: int, why: str) -> Check:
+    def check(value: Any) -> str | None:
+        problem = _count(value)
+        if problem is None and value > ceiling:
+            problem = f"must be at most {ceiling:,} ({why}); got {value:,}"
+        return problem
+    return check
+
+
 def _db_url(value: Any) -> str | None:
+    """Never quotes the URL: it may hold a password."""
     if not isinstance(value, str) or "://" not in value:
         return "must be a database URL such as sqlite:///data/monitor.db"
     scheme = value.split("://", 1)[0].split("+", 1)[0]
-    ok = scheme in ("sqlite", "postgresql", "postgres")
-    return None if ok else f"unsupported database {scheme!r} (use sqlite or postgresql)"
+    if scheme not in ("sqlite", "postgresql", "postgres"):
+        return f"unsupported database {scheme!r} (use sqlite or postgresql)"
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        make_url(value)
+    except (ArgumentError, ValueError):
+        return ("is not a valid database URL (check its host and port, and %-escape "
+                "any @ : / in the password)")
+    return None
 
 
 _NUM, _INT = _positive, _is(int, "an integer")
+_ITEMS = _at_most(MAX_ITEMS_PER_POLL, "the parse stage reads at most that many entries")
 _STR, _BOOL = _is(str, "a string"), _is(bool, "true or false")
 
 SCHEMA: dict[str, dict[str, Check]] = {
@@ -239,8 +292,10 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "read_timeout": _NUM, "total_deadline": _NUM, "max_body_mib": _NUM,
         "max_redirects": _INT, "per_host_delay": _is((int, float), "a number"),
         "concurrency": _INT, "min_interval_minutes": _INT, "max_interval_minutes": _INT,
-        "default_interval_minutes": _INT, "max_items_per_poll": _INT,
+        "default_interval_minutes": _INT, "max_items_per_poll": _ITEMS,
     },
+    "limits": {key: _at_most(ceiling, "the built-in limit")
+               for key, ceiling in CEILINGS.items()},
     "language": {"detector": _choice("default", "py3langid", "langdetect", "lingua"),
                  "languages": _str_list},
     "translation": {
@@ -266,7 +321,7 @@ SCHEMA: dict[str, dict[str, Check]] = {
 TOPIC_KEYS: dict[str, Check] = {"name": _STR, "keywords": _str_list, "description": _STR}
 FEED_KEYS: dict[str, Check] = {
     "url": _http_url, "outlet": _STR, "language": _STR, "topics": _str_list,
-    "interval_minutes": _INT, "user_agent": _STR,
+    "interval_minutes": _INT, "user_agent": _STR, "max_items_per_poll": _ITEMS,
 }
 REQUIRED = {"topics": ("name", "keywords"), "feeds": ("url",)}
 
@@ -345,6 +400,7 @@ def build(raw: Mapping[str, Any], *, source: str, environ: Mapping[str, str]) ->
         database_url=monitor.get("database_url", DEFAULT_DATABASE_URL),
         log_format=monitor.get("log_format", "console"),
         fetch=_section(FetchSettings, raw.get("fetch", {})),
+        limits=_section(LimitSettings, raw.get("limits", {})),
         language=_section(LanguageSettings, raw.get("language", {})),
         translation=_section(TranslationSettings, raw.get("translation", {})),
         digest=_section(DigestSettings, digest),

@@ -38,6 +38,11 @@ NO_TOPIC = "other"
 # C0/C1 controls, zero-width marks, line/paragraph separators and bidi overrides: none
 # belongs in a headline, and the overrides can make text read as something it is not.
 _INVISIBLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff]")
+# Characters a URL must not carry raw (RFC 3986; browsers percent-encode them when they
+# follow the link). Encoded here, an href holds nothing an HTML serializer might leave
+# unescaped: css_inline re-serializes the document and writes "<" and ">" in attribute
+# values as they are, which a strict HTML5 parser reads safely but older mail clients may not.
+_URL_UNSAFE = re.compile(r"[\"'<>`]")
 
 
 @dataclass(frozen=True)
@@ -166,7 +171,8 @@ def clean(text: str | None, cap: int) -> str:
 
 
 def safe_link(url: str | None) -> Link | None:
-    """A link for ``url``: clickable only for a well-formed http(s) URL with a host."""
+    """A link for ``url``: clickable only for a well-formed http(s) URL with a host, with
+    quotes, angle brackets and backticks percent-encoded."""
     if not url or not url.strip():
         return None
     raw = url.strip()
@@ -180,7 +186,8 @@ def safe_link(url: str | None) -> Link | None:
         return Link(None, label)
     if parts.scheme.lower() not in ("http", "https") or not host:
         return Link(None, label)
-    return Link(raw, clean(f"{parts.netloc}{parts.path}", URL_LABEL_CHARS))
+    href = _URL_UNSAFE.sub(lambda m: f"%{ord(m.group()):02X}", raw)
+    return Link(href, clean(f"{parts.netloc}{parts.path}", URL_LABEL_CHARS))
 
 
 # --- building --------------------------------------------------------------------------

@@ -51,6 +51,7 @@ CONTACT_URL = "https://github.com/monitor-news/monitor"
 DEFAULT_USER_AGENT = f"monitor/{__version__} (+{CONTACT_URL})"
 ACCEPT = ("application/rss+xml, application/atom+xml, application/feed+json, "
           "application/xml;q=0.9, text/xml;q=0.9, */*;q=0.8")
+ACCEPT_ENCODING = "gzip, deflate"  # see _refuse_stacked_encodings
 PERMANENT = frozenset({301, 308})
 REDIRECTS = frozenset({301, 302, 303, 307, 308})
 RETRYABLE = frozenset({429, 503})
@@ -103,28 +104,34 @@ def make_client(limits: FetchLimits = FetchLimits(),
         follow_redirects=False,
         timeout=httpx.Timeout(limits.read_timeout, connect=limits.connect_timeout, pool=None),
         limits=pool,
-        headers={"User-Agent": limits.user_agent, "Accept": ACCEPT},
+        headers={"User-Agent": limits.user_agent, "Accept": ACCEPT,
+                 "Accept-Encoding": ACCEPT_ENCODING},
         event_hooks={"response": [_refuse_unsafe_location]},
         transport=_transport(transport or default_transport(), pool),
     )
 
 
 class _UnsafeRedirect(Exception):
-    """A Location with a scheme other than http(s), caught before httpx parses it."""
+    """A Location with a scheme other than http(s), or no URL at all, caught before httpx
+    parses it; ``reason`` says which."""
 
-    def __init__(self, scheme: str) -> None:
-        super().__init__(scheme)
-        self.scheme = scheme
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 async def _refuse_unsafe_location(response: httpx.Response) -> None:
     # httpx parses every Location even with redirects off, and fails on data: or javascript:
-    # URLs with an error that no longer says which scheme it was.
+    # URLs with an error that no longer says which scheme it was. urlsplit itself raises
+    # ValueError on a broken IPv6 host ("http://[x/"), which must not escape as a crash.
     location = response.headers.get("Location")
     if response.status_code in REDIRECTS and location:
-        scheme = urlsplit(location.strip()).scheme.lower()
+        try:
+            scheme = urlsplit(location.strip()).scheme.lower()
+        except ValueError as exc:
+            raise _UnsafeRedirect(f"redirect to an invalid URL: {exc}") from None
         if scheme and scheme not in SCHEMES:
-            raise _UnsafeRedirect(scheme)
+            raise _UnsafeRedirect(f"redirect to unsupported scheme {scheme!r}")
 
 
 def _transport(choice: TransportName | httpx.AsyncBaseTransport,
@@ -220,7 +227,7 @@ async def _send(client: httpx.AsyncClient, url: str, current: httpx.URL,
         return await client.send(client.build_request("GET", current, headers=headers),
                                  stream=True)
     except _UnsafeRedirect as exc:
-        raise FetchError(url, f"redirect to unsupported scheme {exc.scheme!r}") from None
+        raise FetchError(url, exc.reason) from None
     except httpx.InvalidURL as exc:
         raise FetchError(url, f"redirect to an invalid URL: {exc}") from exc
 
@@ -266,6 +273,7 @@ async def _read_capped(url: str, response: httpx.Response, cap: int) -> bytes:
     declared = response.headers.get("Content-Length", "")
     if declared.isdigit() and int(declared) > cap:
         raise too_big
+    _refuse_stacked_encodings(url, response)
     if response.headers.get("Content-Encoding") and isinstance(response.stream,
                                                                httpx.AsyncByteStream):
         response.stream = _Slices(response.stream)
@@ -275,6 +283,28 @@ async def _read_capped(url: str, response: httpx.Response, cap: int) -> bytes:
         if len(body) > cap:
             raise too_big
     return bytes(body)
+
+
+_INFLATABLE = frozenset({"gzip", "deflate"})
+# httpx decodes these too when brotli or zstandard is installed, without bounding what one
+# call may expand to (far more than deflate's ~1,000x): never asked for, never decoded.
+_UNBOUNDED = frozenset({"br", "zstd"})
+
+
+def _refuse_stacked_encodings(url: str, response: httpx.Response) -> None:
+    """One gzip or deflate layer at most: :class:`_Slices` bounds what one slice inflates
+    to (~1 MiB) only for a single layer. Behind ``gzip, gzip`` a 600-byte body inflates to
+    hundreds of MiB in one decoder call, before the cap can be checked."""
+    layers = [v.strip().lower() for v in response.headers.get_list("content-encoding",
+                                                                    split_commas=True)]
+    status = response.status_code
+    if unbounded := [v for v in layers if v in _UNBOUNDED]:
+        raise FetchError(url, f"Content-Encoding {unbounded[0]!r} refused: monitor asks for "
+                              "gzip or deflate", status=status)
+    stacked = [v for v in layers if v in _INFLATABLE]
+    if len(stacked) > 1:
+        raise FetchError(url, f"stacked Content-Encoding ({', '.join(stacked)}) refused: "
+                              "one compression layer at most", status=status)
 
 
 class _Slices(httpx.AsyncByteStream):

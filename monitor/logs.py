@@ -1,5 +1,9 @@
 """Logs are events with fields (``feed.fetched feed=... status=304``), configured only
-by the CLI: readable on a console, JSON lines under Docker (``--log-format json``)."""
+by the CLI: readable on a console, JSON lines under Docker (``--log-format json``).
+
+A logged exception carries a plain traceback, never the frames' local variables: those
+hold passwords (``smtplib.SMTP.login(user, password)``) and database URLs. structlog's
+console renderer would print them through rich when rich is installed."""
 
 from __future__ import annotations
 
@@ -14,15 +18,17 @@ LEVELS = {0: logging.WARNING, 1: logging.INFO}
 def configure(fmt: str = "console", verbosity: int = 0) -> None:
     """Send structured events to stderr in the chosen format."""
     level = LEVELS.get(verbosity, logging.DEBUG)
-    renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer() if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=False))
+    renderers: list[structlog.types.Processor] = (
+        [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+        if fmt == "json" else
+        [structlog.dev.ConsoleRenderer(colors=False,
+                                       exception_formatter=structlog.dev.plain_traceback)])
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
-            renderer,
+            *renderers,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),

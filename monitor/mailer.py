@@ -162,7 +162,7 @@ def _open(target: SmtpTarget, timeout: float) -> smtplib.SMTP:
         if target.user:
             smtp.login(target.user, target.password)
         return smtp
-    except (smtplib.SMTPException, OSError) as exc:
+    except (smtplib.SMTPException, OSError, UnicodeEncodeError) as exc:
         if smtp is not None:
             smtp.close()
         raise DeliveryError(f"{target.where}: {_describe(exc)}") from None
@@ -170,6 +170,8 @@ def _open(target: SmtpTarget, timeout: float) -> smtplib.SMTP:
 
 def _describe(exc: BaseException) -> str:
     """One line for a connection, TLS or protocol failure (never the password)."""
+    if isinstance(exc, UnicodeEncodeError):  # smtplib sends AUTH in ASCII only
+        return "the smtp user or MONITOR_SMTP_PASSWORD is not ASCII, which smtplib cannot send"
     if isinstance(exc, smtplib.SMTPAuthenticationError):
         return f"authentication rejected ({_reply(exc.smtp_code, exc.smtp_error)})"
     if isinstance(exc, smtplib.SMTPNotSupportedError):

@@ -19,6 +19,7 @@ from typing import Any
 import feedparser
 from feedparser.encodings import convert_to_utf8
 
+from monitor.config import LimitSettings
 from monitor.defuse import MAX_ELEMENT_ATTRIBUTES, defuse
 from monitor.errors import ParseError
 from monitor.normalize import (
@@ -47,7 +48,7 @@ __all__ = [
     "DEFAULT_LIMITS", "MAX_ATTRIBUTES", "MAX_AUTHOR_CHARS", "MAX_ELEMENTS",
     "MAX_ELEMENT_ATTRIBUTES", "MAX_GUID_CHARS", "MAX_ITEMS", "MAX_LANGUAGE_CHARS",
     "MAX_SUMMARY_CHARS", "MAX_TEXT_CHARS", "MAX_TITLE_CHARS", "MAX_URL_CHARS",
-    "ParseLimits", "parse_article", "parse_feed",
+    "ParseLimits", "limits_for", "parse_article", "parse_feed",
 ]
 
 
@@ -61,9 +62,22 @@ class ParseLimits:
     max_title_chars: int = MAX_TITLE_CHARS
     max_summary_chars: int = MAX_SUMMARY_CHARS
     max_text_chars: int = MAX_TEXT_CHARS
+    max_author_chars: int = MAX_AUTHOR_CHARS
 
 
 DEFAULT_LIMITS = ParseLimits()
+
+
+def limits_for(caps: LimitSettings, max_items: int = MAX_ITEMS) -> ParseLimits:
+    """The parse limits of the ``[limits]`` settings, reading at most ``max_items`` entries
+    (config.py keeps every value at or under the constants above)."""
+    return ParseLimits(max_items=min(max_items, MAX_ITEMS),
+                       max_title_chars=min(caps.max_title_chars, MAX_TITLE_CHARS),
+                       max_summary_chars=min(caps.max_summary_chars, MAX_SUMMARY_CHARS),
+                       max_text_chars=min(caps.max_text_chars, MAX_TEXT_CHARS),
+                       max_author_chars=min(caps.max_author_chars, MAX_AUTHOR_CHARS))
+
+
 # Cleaning reads at most this many raw characters per allowed character: the cost of one
 # field stays bounded however long the feed makes it.
 _RAW_PER_CHAR = 4
@@ -232,7 +246,7 @@ def _entry_article(entry: Any, base: str | None, feed_language: str | None,
         summary=summary,
         text=text,
         published=_entry_published(entry, now),
-        author=_author(entry),
+        author=_author(entry, limits.max_author_chars),
         language_hints=_language_hints(entry, feed_language),
     )
 
@@ -300,9 +314,9 @@ def _plausible(when: datetime, now: datetime | None = None) -> datetime | None:
     return when if _EARLIEST <= when <= now + _FUTURE_SLACK else None
 
 
-def _author(entry: Any) -> str | None:
+def _author(entry: Any, limit: int) -> str | None:
     detail = entry.get("author_detail") or {}
-    return _short_title(detail.get("name") or entry.get("author") or "", MAX_AUTHOR_CHARS)
+    return _short_title(detail.get("name") or entry.get("author") or "", limit)
 
 
 def _short_title(value: str, limit: int) -> str | None:
@@ -367,12 +381,13 @@ _SHARE_LINES = frozenset({
 })
 
 
-def parse_article(raw: bytes, *, name: str,
-                  meta: Mapping[str, str] | None = None) -> Article:
+def parse_article(raw: bytes, *, name: str, meta: Mapping[str, str] | None = None,
+                  limits: ParseLimits = DEFAULT_LIMITS) -> Article:
     """One ``.txt``/``.md`` article: optional ``---`` front matter, headline line, body.
 
     ``meta`` (a sidecar) wins over front matter. A leading ``date YYYY-MM-DD`` on the
     headline line is its publication date; a leading ``By Name |`` line is its author.
+    Title, summary, text and author are cut at ``limits``.
     """
     fields, body = _split_front_matter(_decode_article(raw, name))
     fields |= {k.strip().lower(): v for k, v in (meta or {}).items()}
@@ -382,14 +397,15 @@ def parse_article(raw: bytes, *, name: str,
     title, lines = _take_headline(lines, fields.get("title"))
     if not title:
         raise ParseError(f"{name}: no headline found")
-    text = _cap(clean_text("\n".join(lines)[:MAX_TEXT_CHARS * _RAW_PER_CHAR]), MAX_TEXT_CHARS)
+    limit = limits.max_text_chars
+    text = _cap(clean_text("\n".join(lines)[:limit * _RAW_PER_CHAR]), limit)
     return Article(
-        title=title,
+        title=_cap(title, limits.max_title_chars),
         url=absolute_url(fields.get("url") or ""),
-        summary=_lead(text),
+        summary=_cap(_lead(text), limits.max_summary_chars),
         text=text,
         published=_parse_when(fields.get("published") or fields.get("date") or "") or dated,
-        author=_short_title(fields.get("author") or "", MAX_AUTHOR_CHARS) or author,
+        author=_short_title(fields.get("author") or author or "", limits.max_author_chars),
         outlet=_short_title(fields.get("outlet") or "", MAX_TITLE_CHARS),
         language_hints=_unique([_language(fields.get("language"))]),
     )

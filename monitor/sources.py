@@ -16,7 +16,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from monitor.errors import MonitorError, ParseError, SourceError
-from monitor.parse import parse_article, parse_feed
+from monitor.parse import DEFAULT_LIMITS, ParseLimits, parse_article, parse_feed
 from monitor.pipeline import SourceContext
 from monitor.types import Article, FetchResult
 
@@ -92,15 +92,16 @@ def _read_bytes(path: Path) -> bytes:
 Fetcher = Callable[[str], FetchResult]
 
 
-def read(source: Source, *, outlet: str | None = None,
-         fetcher: Fetcher | None = None) -> tuple[list[Article], SourceContext]:
-    """Articles and context of one source; raises SourceError naming it."""
+def read(source: Source, *, outlet: str | None = None, fetcher: Fetcher | None = None,
+         limits: ParseLimits = DEFAULT_LIMITS) -> tuple[list[Article], SourceContext]:
+    """Articles and context of one source, fields cut at ``limits``; raises SourceError
+    naming it."""
     try:
         if source.kind == "article":
-            return _read_article(Path(source.location), outlet)
+            return _read_article(Path(source.location), outlet, limits)
         if source.kind == "url":
-            return _read_url(source.location, outlet, fetcher)
-        return _read_feed_file(Path(source.location), outlet)
+            return _read_url(source.location, outlet, fetcher, limits)
+        return _read_feed_file(Path(source.location), outlet, limits)
     except SourceError:
         raise
     except MonitorError as exc:
@@ -112,9 +113,10 @@ def _with_name(path: Path | str, exc: ParseError) -> SourceError:
     return ParseError(message if message.startswith(str(path)) else f"{path}: {message}")
 
 
-def _read_feed_file(path: Path, outlet: str | None) -> tuple[list[Article], SourceContext]:
+def _read_feed_file(path: Path, outlet: str | None,
+                    limits: ParseLimits) -> tuple[list[Article], SourceContext]:
     try:
-        feed = parse_feed(_read_bytes(path), {}, None)
+        feed = parse_feed(_read_bytes(path), {}, None, limits=limits)
     except ParseError as exc:
         raise _with_name(path, exc) from None
     key = feed.link or f"file:{path.resolve()}"
@@ -123,14 +125,15 @@ def _read_feed_file(path: Path, outlet: str | None) -> tuple[list[Article], Sour
     return list(feed.articles), ctx
 
 
-def _read_url(url: str, outlet: str | None,
-              fetcher: Fetcher | None) -> tuple[list[Article], SourceContext]:
+def _read_url(url: str, outlet: str | None, fetcher: Fetcher | None,
+              limits: ParseLimits) -> tuple[list[Article], SourceContext]:
     if fetcher is None:
         from monitor.fetch import fetch_once
         fetcher = fetch_once
     result = fetcher(url)
     try:
-        feed = parse_feed(result.content or b"", dict(result.headers), result.final_url or url)
+        feed = parse_feed(result.content or b"", dict(result.headers), result.final_url or url,
+                          limits=limits)
     except ParseError as exc:
         raise _with_name(url, exc) from None
     ctx = SourceContext(source_key=url, outlet=outlet or feed.title or _host(url),
@@ -138,10 +141,11 @@ def _read_url(url: str, outlet: str | None,
     return list(feed.articles), ctx
 
 
-def _read_article(path: Path, outlet: str | None) -> tuple[list[Article], SourceContext]:
+def _read_article(path: Path, outlet: str | None,
+                  limits: ParseLimits) -> tuple[list[Article], SourceContext]:
     meta = read_sidecar(path)
     try:
-        article = parse_article(_read_bytes(path), name=str(path), meta=meta)
+        article = parse_article(_read_bytes(path), name=str(path), meta=meta, limits=limits)
     except ParseError as exc:
         raise _with_name(path, exc) from None
     ctx = SourceContext(source_key="articles", outlet=outlet or path.stem)

@@ -153,7 +153,7 @@ def test_second_signal_exits_at_once(tmp_path: Path, server: LoopbackServer,
                                      database_url: str) -> None:
     """A second signal while the first one's stop waits for a big feed to be written exits
     at once (128 + the signal); that feed's items are stored whole or not at all."""
-    big = 3000
+    big = 1000  # the most one poll stores (fetch.max_items_per_poll at its ceiling)
     server.route("/big", Reply(body=rss("big", big)))
     config = write_config(tmp_path / "c.toml", [{"url": server.url("/big")}],
                           max_items_per_poll=big)
