@@ -11,6 +11,12 @@ in the database, so a restart loses and repeats nothing; a SQLite file serves on
 SIGTERM or SIGINT stops claiming, lets the cycle end early (see :mod:`monitor.poll`) and
 exits 0; a second signal exits at once, which leaves the database consistent because
 every feed is one transaction. ``--once`` runs one poll cycle and prints a summary.
+
+A database that refuses writes (a full disk, an I/O error) is logged on one line naming
+it (``database.failed``) and retried, at start-up and at every tick, without ending the
+process; one that cannot be written at all (read-only) stops ``monitor run`` at start-up
+with a one-line error and exit code 1 (SECURITY.md, "Crashes, full disks and read-only
+databases").
 """
 
 from __future__ import annotations
@@ -24,10 +30,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from monitor import logs, workers
+from monitor import db, logs, workers
 from monitor.config import Settings
+from monitor.errors import StoreError
 from monitor.poll import UNPOLLED, Poller, PollOutcome, limits_of
 
 # limits_of lives in monitor.poll now; re-exported for `monitor feeds check`.
@@ -78,14 +86,13 @@ def run_daemon(settings: Settings, sessions: sessionmaker[Session], *, once: boo
     130 if a signal stopped it)."""
     worker = workers.worker_for(settings, role)
     with workers.single_daemon(settings.database_url) as sole:
-        if sole:
-            workers.free_predecessors(sessions)
         poller = Poller(settings, sessions, worker) if role in POLLING else None
         stop = poller.stop if poller else threading.Event()
         previous = _install_signals(stop)
         try:
+            if not _prepare(settings, sessions, poller, sole=sole, retry=not once, stop=stop):
+                return 130 if once else 0
             if poller:
-                poller.sync()
                 poller.warm()
             with workers.running(worker, sessions):
                 if poller and once:
@@ -98,8 +105,37 @@ def run_daemon(settings: Settings, sessions: sessionmaker[Session], *, once: boo
                 signal.signal(sig, handler)
 
 
+def _prepare(settings: Settings, sessions: sessionmaker[Session], poller: Poller | None, *,
+             sole: bool, retry: bool, stop: threading.Event) -> bool:
+    """The first writes: free a dead predecessor's leases (SQLite), prune old worker rows
+    (a write even when there is nothing to prune), sync the feeds. While the database
+    refuses them for a reason that may pass (full disk, I/O error), log one line and try
+    again every tick; a read-only database is a one-line error (exit 1), as is any refusal
+    under ``--once``. False when a signal came first."""
+    while True:
+        try:
+            if sole:
+                workers.free_predecessors(sessions)
+            workers.prune(sessions)
+            if poller:
+                poller.sync()
+            return True
+        except SQLAlchemyError as exc:
+            problem = db.failure(exc, settings.database_url)
+            if db.read_only(exc) or not retry:
+                raise StoreError(f"database {problem['database']} cannot be written: "
+                                 f"{problem['error']}") from exc
+            log.error("database.failed", during="start", **problem)
+        if stop.wait(settings.workers.tick_seconds):
+            return False
+
+
 def _once(poller: Poller, force: bool) -> int:
-    outcomes = poller.cycle(force=force)
+    try:
+        outcomes = poller.cycle(force=force)
+    except SQLAlchemyError as exc:
+        problem = db.failure(exc, poller.settings.database_url)
+        raise StoreError(f"database {problem['database']}: {problem['error']}") from exc
     print("\n".join(summary_lines(outcomes, datetime.now(UTC))), flush=True)
     if poller.stop.is_set():
         return 130
@@ -157,6 +193,9 @@ class _Tick:
         force, self.force = self.force, False
         try:
             self.poller.cycle(force=force)
+        except SQLAlchemyError as exc:  # full, read-only, unreachable: the next tick retries
+            log.error("database.failed", during="cycle",
+                      **db.failure(exc, self.poller.settings.database_url))
         except Exception:  # noqa: BLE001 - a failed tick is logged; the next one retries
             log.exception("cycle.failed")
 

@@ -6,16 +6,18 @@ import importlib.util
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from monitor.config import redact_url
 from monitor.coordination import session_lock
 from monitor.errors import StoreError
 
@@ -40,14 +42,65 @@ def normalize_url(url: str) -> str:
     return url
 
 
+def sqlite_path(url: str | URL) -> Path | None:
+    """The file of a SQLite URL, URI filenames included (``sqlite:///file:PATH?mode=ro&uri=true``);
+    None for PostgreSQL or an in-memory database."""
+    parsed = url if isinstance(url, URL) else make_url(normalize_url(url))
+    name = parsed.database
+    if parsed.get_backend_name() != "sqlite" or name in (None, "", ":memory:"):
+        return None
+    if parsed.query.get("uri") == "true" and name.startswith("file:"):
+        if parsed.query.get("mode") == "memory" or name.startswith("file::memory:"):
+            return None
+        name = unquote(urlsplit(name).path)
+    return Path(name)
+
+
+def display(url: str | URL) -> str:
+    """A database's name in messages: a SQLite file's path, else the URL with any
+    password hidden (in the user part, or as ``?password=``)."""
+    try:
+        parsed = make_url(normalize_url(url)) if isinstance(url, str) else url
+    except (ArgumentError, ValueError):
+        return redact_url(str(url))
+    path = sqlite_path(parsed)
+    return str(path) if path is not None else redact_url(
+        parsed.render_as_string(hide_password=True))
+
+
+def failure(exc: BaseException, url: str | URL) -> dict[str, str]:
+    """The fields of the one log line about a database that refused an operation: which
+    database, and what it said (``disk I/O error (SQLITE_IOERR_WRITE)``, ``database or
+    disk is full``, ``attempt to write a readonly database``), on one line."""
+    orig = getattr(exc, "orig", None) or exc
+    lines = str(orig).strip().splitlines()
+    reason = lines[0] if lines else type(orig).__name__
+    code = getattr(orig, "sqlite_errorname", None) or getattr(orig, "sqlstate", None)
+    return {"database": display(url), "error": f"{reason} ({code})" if code else reason}
+
+
+def read_only(exc: BaseException) -> bool:
+    """Whether the database refused a write because it cannot be written at all: a SQLite
+    file or connection that is read-only, a PostgreSQL read-only transaction."""
+    orig = getattr(exc, "orig", None)
+    return (str(getattr(orig, "sqlite_errorname", "")).startswith("SQLITE_READONLY")
+            or getattr(orig, "sqlstate", None) == "25006")
+
+
+def url_of(sessions: sessionmaker[Session]) -> str | URL:
+    """The database a session factory is bound to."""
+    bind = sessions.kw.get("bind")
+    return bind.url if bind is not None else "unknown database"
+
+
 def make_engine(url: str) -> Engine:
     """An engine for ``url``; a SQLite file's directory is created if missing."""
     url = normalize_url(url)
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
-    if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    if (path := sqlite_path(url)) is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
     event.listen(engine, "connect", _sqlite_pragmas)
     return engine
@@ -76,7 +129,8 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
         with engine.connect() as connection, session_lock(connection, "migrate"):
             command.upgrade(alembic_config(engine), revision)
     except SQLAlchemyError as exc:
-        raise StoreError(f"cannot migrate {engine.url.render_as_string()}: {exc}") from exc
+        problem = failure(exc, engine.url)
+        raise StoreError(f"cannot migrate {problem['database']}: {problem['error']}") from exc
 
 
 def downgrade(engine: Engine, revision: str = "base") -> None:
@@ -95,7 +149,7 @@ def ensure_schema(engine: Engine) -> None:
     try:
         current = is_current(engine)
     except SQLAlchemyError as exc:
-        raise StoreError(f"cannot open database {engine.url!r}: {exc.__class__.__name__}: "
+        raise StoreError(f"cannot open database {display(engine.url)}: {exc.__class__.__name__}: "
                          f"{str(exc).splitlines()[0]}") from exc
     if not current:
         upgrade(engine)

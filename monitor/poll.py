@@ -36,7 +36,7 @@ from monitor.config import Settings
 from monitor.coordination import STATS, retrying, xact_lock
 from monitor.errors import FetchError, MonitorError, StoreError
 from monitor.fetch import FetchLimits, HostGate, Validators, fetch, make_client
-from monitor.parse import parse_feed
+from monitor.parse import limits_for, parse_feed
 from monitor.pipeline import Pipeline, SourceContext, ingest
 from monitor.schedule import Bounds, after_failure, after_success, floor_minutes, next_interval
 from monitor.store import FeedState
@@ -115,6 +115,9 @@ class Poller:
         self.pipeline = Pipeline.from_settings(settings)
         self.limits = limits_of(settings)
         self.bounds = bounds_of(settings)
+        # Per-feed caps, by the URL the feed was configured with (FeedState.key).
+        self.item_caps = {f.url: f.max_items_per_poll for f in settings.feeds
+                          if f.max_items_per_poll is not None}
         self.worker = worker or worker_for(settings, "all")
         self.owner = self.worker.id
         self.stop = threading.Event()
@@ -251,7 +254,9 @@ class Poller:
             return self._lost(feed)
         except MonitorError as exc:
             return self._failed(feed, exc, now)
-        except SQLAlchemyError as exc:
+        except SQLAlchemyError as exc:  # rolled back: nothing of this feed is stored
+            log.error("database.failed", during="feed", feed=feed.url,
+                      **db.failure(exc, self.settings.database_url))
             return self._failed(feed, StoreError(f"database error: {_first_line(exc)}"), now)
         except Exception as exc:  # noqa: BLE001 - a library surprise costs one feed, not the daemon
             log.exception("feed.crashed", feed=feed.url)
@@ -278,8 +283,10 @@ class Poller:
 
     def _ingest(self, session: Session, feed: FeedState, result: FetchResult,
                 now: datetime) -> _Ingested:
-        parsed = parse_feed(result.content or b"", result.headers, result.final_url or feed.url)
-        articles = parsed.articles[: self.settings.fetch.max_items_per_poll]
+        cap = self.item_caps.get(feed.key, self.settings.fetch.max_items_per_poll)
+        parsed = parse_feed(result.content or b"", result.headers, result.final_url or feed.url,
+                            limits=limits_for(self.settings.limits, cap))
+        articles = parsed.articles[:cap]
         ctx = SourceContext(source_key=feed.key, outlet=feed.outlet or parsed.title,
                             feed_id=feed.id, language=feed.language or parsed.language,
                             topics=feed.topics)
@@ -314,7 +321,8 @@ class Poller:
                     return self._lost(feed)
             self.worker.held.drop("feeds", [feed.id])
         except SQLAlchemyError as db_exc:  # the claim lapses; the feed is retried then
-            log.error("feed.unrecorded", feed=feed.url, error=reason, db_error=_first_line(db_exc))
+            log.error("feed.unrecorded", feed=feed.url, error=reason, db_error=_first_line(db_exc),
+                      database=db.display(self.settings.database_url))
         return PollOutcome(feed.id, feed.url, "muted" if muted else "error",
                            http_status=http_status, error=reason, error_count=count,
                            next_check_at=next_check)

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, func, literal_column, select, update
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from monitor import anchors, db, dedup, logs
@@ -102,18 +103,39 @@ def _settle(sessions: sessionmaker[Session], settings: DedupSettings, item_ids: 
         with db.transaction(sessions) as session:
             xact_lock(session, "merge")
             for item_id in chunk:
-                hidden.discard(item_id)
-                old = unlink(session, item_id)
-                probe = probe_of(session, item_id)
+                probe = probe_of(session, item_id)  # still hidden: not its own candidate
                 decision = (decide_item(session, probe, limits, hidden=hidden) if probe
                             else Decision(None))
-                stories.add(attach(session, item_id, decision, now))
-                if old is not None:
-                    refresh(session, [old])
+                hidden.discard(item_id)
+                stories.add(_place_again(session, item_id, decision, now))
                 reasons[decision.reason] += 1
         if progress is not None:
             progress(len(chunk))
     return SettleReport(len(order), dict(reasons), len(stories))
+
+
+def _place_again(session: Session, item_id: int, decision: Decision, now: datetime) -> int:
+    """Link a settled item where ``decision`` says; its story's id. Most items stay where
+    they are (alone in the story they lead, or in the story they join again): their
+    link gets the decision's reason and score, and no story is deleted and made again."""
+    link = session.execute(
+        select(StoryItemRow.story_id,
+               select(func.count()).select_from(StoryItemRow.__table__.alias("mates"))
+               .where(literal_column("mates.story_id") == StoryItemRow.story_id)
+               .scalar_subquery().label("members"))
+        .where(StoryItemRow.item_id == item_id)).first()
+    stays = link is not None and (decision.story_id == link.story_id or (
+        decision.story_id is None and link.members == 1))
+    if link is not None and stays:
+        session.execute(update(StoryItemRow).where(StoryItemRow.item_id == item_id)
+                        .values(reason=decision.reason, score=decision.score)
+                        .execution_options(synchronize_session=False))
+        return int(link.story_id)
+    old = unlink(session, item_id)
+    story = attach(session, item_id, decision, now)
+    if old is not None:
+        refresh(session, [old])
+    return story
 
 
 # --- the embedding sweep -------------------------------------------------------------------
@@ -248,6 +270,10 @@ def sweep_job(settings: Settings, sessions: sessionmaker[Session]) -> None:
     try:
         report = sweep(sessions, settings.dedup, make_embedder(settings.dedup.embedder),
                        limit=settings.dedup.sweep_batch * SWEEP_BATCHES)
+    except SQLAlchemyError as exc:  # full, read-only, unreachable: one line, not a traceback
+        log.error("database.failed", during="dedup-sweep",
+                  **db.failure(exc, settings.database_url))
+        return
     except Exception:  # noqa: BLE001 - a failed sweep is logged; the next one retries
         log.exception("dedup.sweep_failed")
         return

@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -104,8 +103,11 @@ class Heartbeat:
 
     def start(self) -> Heartbeat:
         self.beat()
-        with db.transaction(self.sessions) as session:
-            store.prune_workers(session, _now() - PRUNE_AFTER)
+        try:
+            prune(self.sessions)
+        except SQLAlchemyError as exc:  # old rows stay until the next start: harmless
+            log.error("database.failed", during="prune",
+                      **db.failure(exc, db.url_of(self.sessions)))
         self._thread.start()
         return self
 
@@ -133,7 +135,14 @@ class Heartbeat:
                     store.renew_held(session, kind, w.id, ids, now + w.lease)
                 store.beat(session, values)
         except SQLAlchemyError as exc:
-            log.error("heartbeat.failed", worker=w.id, error=str(exc).splitlines()[0])
+            log.error("heartbeat.failed", worker=w.id, **db.failure(exc, db.url_of(self.sessions)))
+
+
+def prune(sessions: sessionmaker[Session]) -> None:
+    """Delete the rows of workers gone for a day: a write that every start makes, even
+    when there is nothing to delete."""
+    with db.transaction(sessions) as session:
+        store.prune_workers(session, _now() - PRUNE_AFTER)
 
 
 @contextmanager
@@ -151,10 +160,7 @@ def running(worker: Worker, sessions: sessionmaker[Session]) -> Iterator[Heartbe
 
 def sqlite_file(database_url: str) -> Path | None:
     """The database file of a SQLite URL; None for PostgreSQL or an in-memory database."""
-    url = make_url(db.normalize_url(database_url))
-    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
-        return None
-    return Path(url.database)
+    return db.sqlite_path(database_url)
 
 
 @contextmanager
