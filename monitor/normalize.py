@@ -11,7 +11,7 @@ import html
 import re
 import unicodedata
 from functools import cache
-from urllib.parse import quote, unquote_plus, urljoin, urlsplit, urlunsplit
+from urllib.parse import SplitResult, quote, unquote_plus, urljoin, urlsplit, urlunsplit
 
 from ftfy import fix_encoding
 from ftfy.badness import is_bad
@@ -152,13 +152,11 @@ def canonical_url(url: str, base: str | None = None) -> str | None:
     fragment, tracking parameters removed and the rest sorted, percent-escapes
     normalized. Anything that is not a usable http(s) URL gives None.
     """
-    url = _URL_STRIPPED.sub("", url).strip()
-    if not url or len(url) > MAX_URL_CHARS:
+    resolved = _resolve(url, base)
+    if resolved is None:
         return None
+    url, parts = resolved
     try:
-        if base:
-            url = urljoin(_URL_STRIPPED.sub("", base).strip(), url)
-        parts = urlsplit(url)
         port = parts.port
     except ValueError:
         return None
@@ -179,18 +177,27 @@ def absolute_url(url: str, base: str | None = None) -> str | None:
     """The link as published, resolved against ``base``; None unless it is http(s).
 
     Kept beside the canonical form so every spelling of an article's URL is on record."""
+    resolved = _resolve(url, base)
+    if resolved is None:
+        return None
+    url, parts = resolved
+    usable = parts.scheme.lower() in _DEFAULT_PORTS and parts.hostname
+    url = _URL_CONTROL.sub(lambda m: f"%{ord(m.group()):02X}", url)
+    return url if usable and len(url) <= MAX_URL_CHARS else None
+
+
+def _resolve(url: str, base: str | None) -> tuple[str, SplitResult] | None:
+    """The link without stray whitespace and controls, resolved against ``base``, and its
+    parts; None when it is empty, too long or not a URL."""
     url = _URL_STRIPPED.sub("", url).strip()
     if not url or len(url) > MAX_URL_CHARS:
         return None
     try:
         if base:
             url = urljoin(_URL_STRIPPED.sub("", base).strip(), url)
-        parts = urlsplit(url)
+        return url, urlsplit(url)
     except ValueError:
         return None
-    usable = parts.scheme.lower() in _DEFAULT_PORTS and parts.hostname
-    url = _URL_CONTROL.sub(lambda m: f"%{ord(m.group()):02X}", url)
-    return url if usable and len(url) <= MAX_URL_CHARS else None
 
 
 def _canonical_host(host: str) -> str | None:
