@@ -24,7 +24,7 @@ from monitor.daemon import limits_of
 from monitor.errors import MonitorError, ParseError
 from monitor.feeds import parse_opml, plan_import, status_word, url_problem
 from monitor.fetch import fetch_once
-from monitor.parse import parse_feed
+from monitor.parse import limits_for, parse_feed
 from monitor.pipeline import Pipeline, SourceContext, place, prepare
 from monitor.types import FetchResult, ParsedFeed, Placement, Prepared
 
@@ -229,8 +229,10 @@ def check_cmd(state: State, url: str, outlet: str | None, language: str | None,
     settings = state.settings
     configured = next((f for f in settings.feeds if f.url == url), Feed(url=url))
     result = fetch_once(url, limits=limits_of(settings), user_agent=configured.user_agent)
+    cap = configured.max_items_per_poll or settings.fetch.max_items_per_poll
     try:
-        parsed = parse_feed(result.content or b"", result.headers, result.final_url or url)
+        parsed = parse_feed(result.content or b"", result.headers, result.final_url or url,
+                            limits=limits_for(settings.limits, cap))
     except ParseError as exc:
         raise ParseError(f"{url}: {exc}") from exc
     ctx = SourceContext(source_key=url, outlet=outlet or configured.outlet or parsed.title,
@@ -238,8 +240,7 @@ def check_cmd(state: State, url: str, outlet: str | None, language: str | None,
                         topics=topics or configured.topics)
     now = _now()
     pipeline = Pipeline.from_settings(settings)
-    batch = [prepare(a, ctx, pipeline, now)
-             for a in parsed.articles[:settings.fetch.max_items_per_poll]]
+    batch = [prepare(a, ctx, pipeline, now) for a in parsed.articles[:cap]]
     placements = place(batch, {})
     if as_json:
         cli_module.emit_json([_item(p, pl) for p, pl in zip(batch, placements, strict=True)])

@@ -380,3 +380,22 @@ def test_feeds_group_is_registered() -> None:
     group = cli.commands["feeds"]
     assert isinstance(group, click.Group)
     assert set(group.commands) == {"list", "add", "remove", "import", "check"}
+
+
+def test_check_applies_the_configured_caps(tmp_path: Path,
+                                           loopback_server: LoopbackServer) -> None:
+    """`feeds check` shows what a poll would store: the feed's own item cap and the
+    [limits] field caps apply."""
+    url = loopback_server.route("/good.xml", Reply(body=GOOD, headers=RSS))
+    shipped = CONFIG.read_text(encoding="utf-8").split("[[feeds]]", 1)[0]
+    assert "max_title_chars = 500" in shipped
+    config = tmp_path / "config.toml"
+    config.write_text(shipped.replace("max_title_chars = 500", "max_title_chars = 20")
+                      + f'[[feeds]]\nurl = "{url}"\nmax_items_per_poll = 2\n', encoding="utf-8")
+    result = CliRunner().invoke(cli, ["--config", str(config), "--database-url",
+                                      f"sqlite:///{tmp_path / 'x.db'}", "feeds", "check", url,
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    items = json.loads(result.stdout)
+    assert len(items) == 2
+    assert all(len(i["title"]) <= 20 and i["title"].endswith("…") for i in items)
