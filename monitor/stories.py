@@ -271,6 +271,39 @@ def reader_decisions(session: Session, item_id: int) -> tuple[frozenset[int], fr
     return frozenset(apart), frozenset(together)
 
 
+def without_neighbours(session: Session, item_ids: Sequence[int]) -> set[int]:
+    """The items of ``item_ids`` that no stage could join to any other item: no band key
+    or content hash shared with another item, no embedding (the cross-lingual stage
+    needs one), no reader's "together". :func:`decide_item` would find no candidate for
+    them, so a settle places them without asking (four statements for a chunk instead of
+    a dozen per item). Checked against every item, placed or not: a superset of what the
+    decision reads."""
+    ids = sorted(set(item_ids))
+    busy: set[int] = set()
+    mates = BANDS.alias("mates")
+    twin = ItemRow.__table__.alias("twin")
+    for chunk in chunks(ids):
+        busy.update(session.scalars(
+            select(BANDS.c.item_id).distinct()
+            .join(mates, (mates.c.band_key == BANDS.c.band_key)
+                  & (mates.c.item_id != BANDS.c.item_id))
+            .where(BANDS.c.item_id.in_(chunk))))
+        busy.update(session.scalars(
+            select(ItemRow.id).join(twin, (twin.c.content_hash == ItemRow.content_hash)
+                                    & (twin.c.id != ItemRow.id))
+            .where(ItemRow.id.in_(chunk), ItemRow.content_hash.is_not(None))))
+        busy.update(session.scalars(
+            select(DEDUP.c.item_id).where(DEDUP.c.item_id.in_(chunk),
+                                          DEDUP.c.embedding.is_not(None))))
+        busy.update(session.scalars(
+            select(StoryDecisionRow.item_id).where(StoryDecisionRow.item_id.in_(chunk),
+                                                   StoryDecisionRow.decision == "together")))
+        busy.update(session.scalars(
+            select(StoryDecisionRow.other_id).where(StoryDecisionRow.other_id.in_(chunk),
+                                                    StoryDecisionRow.decision == "together")))
+    return set(ids) - busy
+
+
 # --- deciding one stored item --------------------------------------------------------------
 
 

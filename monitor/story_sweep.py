@@ -44,6 +44,7 @@ from monitor.stories import (
     refresh,
     thresholds,
     unlink,
+    without_neighbours,
 )
 from monitor.workers import new_id
 
@@ -102,8 +103,10 @@ def _settle(sessions: sessionmaker[Session], settings: DedupSettings, item_ids: 
     for chunk in chunks(order, SETTLE_CHUNK):
         with db.transaction(sessions) as session:
             xact_lock(session, "merge")
+            alone = without_neighbours(session, chunk)
             for item_id in chunk:
-                probe = probe_of(session, item_id)  # still hidden: not its own candidate
+                probe = None if item_id in alone else probe_of(session, item_id)
+                # Still hidden while it decides: an item is not its own candidate.
                 decision = (decide_item(session, probe, limits, hidden=hidden) if probe
                             else Decision(None))
                 hidden.discard(item_id)

@@ -262,3 +262,45 @@ def test_the_sweep_is_scheduled_as_an_interval_job() -> None:
     schedule_dedup(scheduler, config.load(CONFIG, environ={}), sessionmaker())
     (job,) = scheduler.get_jobs()
     assert job.id == "dedup-sweep" and job.trigger.interval.total_seconds() == 60
+
+
+def test_items_without_neighbours_are_settled_without_a_decision(
+        monitor: Invoke, tmp_path: Path, database_url: str) -> None:
+    """A settle places items that share no band key, content or "together" with any other
+    item without deciding (the shortcut must not change a story): twins by content are
+    not among them, nor are two unrelated items once a reader merged them, and a
+    rebuild keeps that merge."""
+    from monitor.stories import without_neighbours
+
+    config = tmp_path / "config.toml"
+    shipped = CONFIG.read_text(encoding="utf-8")
+    config.write_text(shipped.replace('embedder = "e5"', 'embedder = "none"'), encoding="utf-8")
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    _article(docs / "twin1.txt", "Nakatani visits Ankara", WIRE, "2025-08-20")
+    _article(docs / "twin2.txt", "Japan's defence minister in Ankara", WIRE, "2025-08-20")
+    _article(docs / "solo1.txt", "Harbour opens a new ferry terminal",
+             "The northern harbour opened its new ferry terminal after two years of work, "
+             "with room for four ships.", "2025-08-20")
+    _article(docs / "solo2.txt", "Library extends its opening hours",
+             "The city library will open on Sundays from September, the council decided "
+             "after a vote on Monday evening.", "2025-08-20")
+    assert monitor("backfill", str(docs), config=config).exit_code == 0
+
+    def alone() -> set[str]:
+        engine = create_engine(database_url)
+        with db.session_factory(engine)() as session:
+            ids = dict(session.execute(select(ItemRow.id, ItemRow.outlet)).all())
+            found = {ids[i] for i in without_neighbours(session, list(ids))}
+        engine.dispose()
+        return found
+
+    assert alone() == {"solo1", "solo2"}
+    assert _partition(monitor, size=5) == {frozenset({"twin1", "twin2"}),
+                                           frozenset({"solo1"}), frozenset({"solo2"})}
+    a, b = _story_of(monitor, "solo1")["id"], _story_of(monitor, "solo2")["id"]
+    assert monitor("stories", "merge", str(a), str(b), config=config).exit_code == 0
+    assert alone() == set()
+    assert monitor("dedup", "--rebuild", config=config).exit_code == 0
+    assert _partition(monitor, size=5) == {frozenset({"twin1", "twin2"}),
+                                           frozenset({"solo1", "solo2"})}
