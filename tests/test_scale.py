@@ -44,7 +44,10 @@ TICK = 0.5
 def sections(**extra: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Fast fetches, short leases and ticks, no translation, no embedding model."""
     base: dict[str, dict[str, Any]] = {
-        "fetch": {**FAST, "concurrency": 8},
+        # Generous read deadlines: three workers and the test share two loaded cores, and
+        # a fetch that times out would store nothing that period (a false failure here).
+        "fetch": {**FAST, "connect_timeout": 5, "read_timeout": 10, "total_deadline": 20,
+                  "concurrency": 8},
         "workers": {"claim_seconds": LEASE, "tick_seconds": TICK},
         "translation": {"enabled": False},
         "dedup": {"embedder": "none"},
