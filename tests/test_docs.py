@@ -52,10 +52,13 @@ def _quickstart(marker: str) -> str:
 
 
 def test_ci_runs_the_readme_test_command() -> None:
-    """.ci/run reads the test command from the README rather than keeping its own copy."""
+    """.ci/run runs the README's test command word for word, as a line of its own, and
+    stops if the README's command differs from the one it runs."""
     ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
-    assert "quickstart:test" in ci
-    assert "pytest" in _quickstart("test")
+    command = _quickstart("test")
+    assert "python -m pytest" in command and "pip install" in command
+    assert command in ci.splitlines(), "the command must be a line of .ci/run"
+    assert f'expected="{command}"' in ci and "quickstart:test" in ci
 
 
 def test_dockerfile_installs_the_same_package_as_the_readme() -> None:
