@@ -102,12 +102,7 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._run, name="monitor-heartbeat", daemon=True)
 
     def start(self) -> Heartbeat:
-        self.beat()
-        try:
-            prune(self.sessions)
-        except SQLAlchemyError as exc:  # old rows stay until the next start: harmless
-            log.error("database.failed", during="prune",
-                      **db.failure(exc, db.url_of(self.sessions)))
+        self.beat()  # old rows are pruned once, by the daemon's start (daemon._prepare)
         self._thread.start()
         return self
 
