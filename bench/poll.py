@@ -643,7 +643,8 @@ def _models_cpu(results: Results) -> float:
 
 def _ratio_summary(results: Results) -> list[str]:
     feeds, cycles = results.args.feeds, _cycles(results)
-    first, second = cycles[0].cpu / feeds * 1000, cycles[1].cpu / feeds * 1000
+    # /proc counts CPU in 10 ms ticks: a tiny cycle 2 can read 0, so never divide by 0.
+    first, second = cycles[0].cpu / feeds * 1000, max(cycles[1].cpu, 0.01) / feeds * 1000
     models = _models_cpu(results) / feeds * 1000
     warm = first - models
     parse = results.parse
