@@ -12,11 +12,11 @@ SIGTERM or SIGINT stops claiming, lets the cycle end early (see :mod:`monitor.po
 exits 0; a second signal exits at once, which leaves the database consistent because
 every feed is one transaction. ``--once`` runs one poll cycle and prints a summary.
 
-A database that refuses writes (a full disk, an I/O error) is logged on one line naming
-it (``database.failed``) and retried, at start-up and at every tick, without ending the
-process; one that cannot be written at all (read-only) stops ``monitor run`` at start-up
-with a one-line error and exit code 1 (SECURITY.md, "Crashes, full disks and read-only
-databases").
+A database that refuses writes (a full disk, an I/O error, a read-only file or server) is
+logged on one line naming it (``database.failed``; a read-only one adds a ``hint``) and
+retried, at start-up and at every tick, without ending the process, until it takes the
+writes or a signal comes. ``--once`` does not wait: a refusal at start-up is a one-line
+error and exit code 1 (SECURITY.md, "Crashes, full disks and read-only databases").
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ __all__ = ["limits_of", "run_daemon", "summary_lines"]
 
 log = logs.get("monitor.daemon")
 POLLING, SWEEPING = ("poller", "all"), ("translator", "all")
+READ_ONLY_HINT = ("make the database writable (SQLite: the file, its directory, no mode=ro in "
+                  "the URL; PostgreSQL: a primary server, no default_transaction_read_only)")
 
 
 # --- reporting -----------------------------------------------------------------------
@@ -109,9 +111,10 @@ def _prepare(settings: Settings, sessions: sessionmaker[Session], poller: Poller
              sole: bool, retry: bool, stop: threading.Event) -> bool:
     """The first writes: free a dead predecessor's leases (SQLite), prune old worker rows
     (a write even when there is nothing to prune), sync the feeds. While the database
-    refuses them for a reason that may pass (full disk, I/O error), log one line and try
-    again every tick; a read-only database is a one-line error (exit 1), as is any refusal
-    under ``--once``. False when a signal came first."""
+    refuses them (full disk, I/O error, read-only), log one line and try again every tick:
+    a read-only database may be a standby about to be promoted or a volume about to be
+    remounted, and a service manager restarting the daemon would gain nothing. Under
+    ``--once`` a refusal is a one-line error (exit 1). False when a signal came first."""
     while True:
         try:
             if sole:
@@ -121,13 +124,20 @@ def _prepare(settings: Settings, sessions: sessionmaker[Session], poller: Poller
                 poller.sync()
             return True
         except SQLAlchemyError as exc:
-            problem = db.failure(exc, settings.database_url)
-            if db.read_only(exc) or not retry:
+            problem = _problem(exc, settings.database_url)
+            if not retry:
+                hint = f"; {problem['hint']}" if "hint" in problem else ""
                 raise StoreError(f"database {problem['database']} cannot be written: "
-                                 f"{problem['error']}") from exc
+                                 f"{problem['error']}{hint}") from exc
             log.error("database.failed", during="start", **problem)
         if stop.wait(settings.workers.tick_seconds):
             return False
+
+
+def _problem(exc: SQLAlchemyError, url: str) -> dict[str, str]:
+    """The fields of a ``database.failed`` line, with what to fix when it is read-only."""
+    problem = db.failure(exc, url)
+    return {**problem, "hint": READ_ONLY_HINT} if db.read_only(exc) else problem
 
 
 def _once(poller: Poller, force: bool) -> int:
@@ -195,7 +205,7 @@ class _Tick:
             self.poller.cycle(force=force)
         except SQLAlchemyError as exc:  # full, read-only, unreachable: the next tick retries
             log.error("database.failed", during="cycle",
-                      **db.failure(exc, self.poller.settings.database_url))
+                      **_problem(exc, self.poller.settings.database_url))
         except Exception:  # noqa: BLE001 - a failed tick is logged; the next one retries
             log.exception("cycle.failed")
 

@@ -1,7 +1,8 @@
 """Crashes, full disks and read-only databases, with real processes, sockets and files:
 `monitor run` killed with SIGKILL at random moments of its poll cycles and restarted (the
 campaign of tests/crashkit.py; bench/crash.py runs a long one), a migration killed
-halfway, a daemon whose database file may not grow, and a read-only database."""
+halfway, a daemon whose database file may not grow, a read-only database, and one that
+turns read-only under a running daemon."""
 
 from __future__ import annotations
 
@@ -15,19 +16,30 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import closing
+from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import inspect
+import pytest
+from sqlalchemy import Engine, create_engine, inspect, make_url, text
 
 from monitor import db
-from tests.crashkit import Campaign, CrashFeeds, crash_config, inspect_database, make_due
+from tests.crashkit import (
+    Campaign,
+    Checks,
+    CrashFeeds,
+    crash_config,
+    inspect_database,
+    make_due,
+)
 from tests.httpserver import LoopbackServer
 from tests.scalekit import start_worker
 
 SEED_ENV = "MONITOR_CRASH_SEED"
+PASSWORD = "s3cret-pw"  # a fake one, to show that no message carries it
 
 
 def crash_seed() -> int:
@@ -129,6 +141,16 @@ class Output:
         return "\n".join(self.lines)
 
 
+def watched_daemon(config: Path, database_url: str, *, cwd: Path | None = None,
+                   preexec_fn: Callable[[], None] | None = None) -> Output:
+    """`monitor run` with JSON logs, its output read as it comes."""
+    command = [sys.executable, "-m", "monitor", "--config", str(config), "--database-url",
+               database_url, "--log-format", "json", "-v", "run"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, cwd=cwd, preexec_fn=preexec_fn)
+    return Output(process)
+
+
 def limited_daemon(config: Path, database_url: str, max_file_bytes: int) -> Output:
     """`monitor run` that may not make any file larger than ``max_file_bytes``: a write
     past it fails with EFBIG (Python ignores SIGXFSZ), as on a full disk."""
@@ -136,11 +158,7 @@ def limited_daemon(config: Path, database_url: str, max_file_bytes: int) -> Outp
     def limit() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, resource.RLIM_INFINITY))
 
-    command = [sys.executable, "-m", "monitor", "--config", str(config), "--database-url",
-               database_url, "--log-format", "json", "-v", "run"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, preexec_fn=limit)
-    return Output(process)
+    return watched_daemon(config, database_url, preexec_fn=limit)
 
 
 def wait_until(condition: Callable[[], bool], what: str, output: Output,
@@ -254,28 +272,165 @@ def read_only_url(database_url: str) -> str:
     return database_url + "%20-cdefault_transaction_read_only%3Don"
 
 
-def test_read_only_database_refuses_to_start(tmp_path: Path, database_url: str) -> None:
-    """`monitor run` on a database it cannot write exits 1 with one line naming the
-    database, without a traceback, a stray file or any change to what is stored."""
+def stored_once(tmp_path: Path, database_url: str, feeds: CrashFeeds) -> tuple[Path, Checks]:
+    """A config for ``feeds``, their first round stored by `monitor run --once`, the
+    database's state after it, and a second round offered with every feed due."""
+    config = crash_config(tmp_path / "c.toml", feeds.urls())
+    first = start_worker(config, database_url, tmp_path / "first.log", "--once")
+    assert first.process.wait(120) == 0, first.log.read_text()
+    before = inspect_database(database_url)
+    feeds.round = 2
+    make_due(database_url)
+    return config, before
+
+
+def with_password(database_url: str) -> str:
+    """PostgreSQL: the URL with a password (one the server ignores under trust, if it had
+    none), to show that no message carries it; SQLite: the URL."""
+    url = make_url(database_url)
+    if db.sqlite_path(database_url) is not None or url.password:
+        return database_url
+    return url.set(password=PASSWORD).render_as_string(hide_password=False)
+
+
+def password_of(url: str) -> str:
+    return str(make_url(url).password or PASSWORD)
+
+
+def test_read_only_database_daemon_keeps_retrying(tmp_path: Path, database_url: str) -> None:
+    """`monitor run` on a database it cannot write logs one line per tick naming the
+    database and what to fix, and keeps trying without polling; SIGTERM stops it with
+    exit code 0, without a traceback, a stray file, the password, or any change to what
+    is stored."""
     with LoopbackServer() as server:
         feeds = CrashFeeds(server, 2, per_round=3, max_delay=0)
-        config = crash_config(tmp_path / "c.toml", feeds.urls())
-        first = start_worker(config, database_url, tmp_path / "first.log", "--once")
-        assert first.process.wait(120) == 0, first.log.read_text()
-        before = inspect_database(database_url)
-        feeds.round = 2
-        make_due(database_url)
+        config, before = stored_once(tmp_path, database_url, feeds)
+        requests = feeds.requests
         work = tmp_path / "cwd"
         work.mkdir()
-        url = read_only_url(database_url)
+        url = read_only_url(with_password(database_url))
+        daemon = watched_daemon(config, url, cwd=work)
+        try:
+            wait_until(lambda: len(daemon.events("database.failed")) >= 2, "two tries", daemon)
+            assert daemon.process.poll() is None and daemon.events("daemon.started") == []
+        finally:
+            daemon.process.send_signal(signal.SIGTERM)
+            code = daemon.process.wait(10)
+        output = daemon.close()
+        assert feeds.requests == requests, "nothing is fetched before the writes pass"
+    assert code == 0 and "Traceback" not in output, output[-3000:]
+    assert password_of(url) not in output
+    lines = daemon.events("database.failed")
+    assert {(e["database"], e["during"]) for e in lines} == {(db.display(url), "start")}
+    assert all("readonly" in str(e["error"]) or "read-only" in str(e["error"]) for e in lines)
+    assert all("writable" in str(e["hint"]) for e in lines)
+    assert list(work.iterdir()) == []
+    after = inspect_database(database_url)
+    assert after.problems(final=True) == [] and after.stored == before.stored
+
+
+def test_read_only_database_once_fails_at_once(tmp_path: Path, database_url: str) -> None:
+    """`monitor run --once` on a database it cannot write does not wait: it exits 1 with
+    one line naming the database and what to fix, and stores nothing."""
+    with LoopbackServer() as server:
+        feeds = CrashFeeds(server, 2, per_round=3, max_delay=0)
+        config, before = stored_once(tmp_path, database_url, feeds)
+        url = read_only_url(with_password(database_url))
         run = subprocess.run([sys.executable, "-m", "monitor", "--config", str(config),
-                              "--database-url", url, "run"], cwd=work, capture_output=True,
-                             text=True, timeout=120)
+                              "--database-url", url, "run", "--once"], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=120)
     assert run.returncode == 1, run.stderr[-3000:]
     errors = [line for line in run.stderr.splitlines() if line.startswith("monitor: ")]
     assert len(errors) == 1 and "Traceback" not in run.stderr, run.stderr[-3000:]
     assert db.display(url) in errors[0] and "cannot be written" in errors[0]
     assert "readonly" in errors[0] or "read-only" in errors[0]
-    assert list(work.iterdir()) == []
+    assert "writable" in errors[0] and password_of(url) not in run.stderr + run.stdout
     after = inspect_database(database_url)
     assert after.problems(final=True) == [] and after.stored == before.stored
+
+
+# --- a database that turns read-only under a running daemon ----------------------------------
+
+
+@dataclass(frozen=True)
+class OwnRole:
+    """A PostgreSQL role of the test's own that owns the test's schema: ``url`` reaches
+    the schema as that role, and :meth:`read_only` changes that role's new sessions
+    only, so other tests sharing the server are not touched."""
+
+    admin: Engine
+    name: str
+    url: str
+
+    def read_only(self, on: bool) -> None:
+        """Make the role's sessions read-only (or writable again) and end the open ones,
+        as a failover to a standby (and back) would: the daemon's pool reconnects."""
+        setting = "SET default_transaction_read_only = on" if on else "RESET ALL"
+        with self.admin.connect() as connection:
+            connection.execute(text(f'ALTER ROLE "{self.name}" {setting}'))
+            connection.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                    "WHERE usename = :role"), {"role": self.name})
+
+
+@pytest.fixture
+def own_role(postgres_url: str) -> Iterator[OwnRole]:
+    name = f"r_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        schema = connection.scalar(text("SELECT current_schema()"))
+        connection.execute(text(f"CREATE ROLE \"{name}\" LOGIN PASSWORD '{PASSWORD}'"))
+        connection.execute(text(f'ALTER SCHEMA "{schema}" OWNER TO "{name}"'))
+    url = make_url(postgres_url).set(username=name, password=PASSWORD)
+    url = url.render_as_string(hide_password=False)
+    role = OwnRole(admin, name, url)
+    yield role
+    role.read_only(False)
+    with admin.connect() as connection:
+        connection.execute(text(f'REASSIGN OWNED BY "{name}" TO CURRENT_USER'))
+        connection.execute(text(f'DROP OWNED BY "{name}"'))
+        connection.execute(text(f'DROP ROLE "{name}"'))
+    admin.dispose()
+
+
+@pytest.mark.postgres
+def test_database_turning_read_only_mid_run_is_retried(tmp_path: Path, postgres_url: str,
+                                                       own_role: OwnRole) -> None:
+    """A PostgreSQL database that turns read-only under a running daemon: every tick logs
+    one line naming the database and what to fix (``during=cycle``), nothing more is
+    stored, the daemon keeps running, and once the database is writable again it stores
+    every item once, without a restart. (SQLite has no honest equivalent for root: a file
+    made immutable fails the open connections' writes with an I/O error, the full-disk
+    case above.)"""
+    with LoopbackServer() as server:
+        feeds = CrashFeeds(server, 2, per_round=3, max_delay=0)
+        daemon = watched_daemon(crash_config(tmp_path / "c.toml", feeds.urls()), own_role.url)
+
+        def stored_all() -> bool:
+            return bool(feeds.offered) and inspect_database(postgres_url).stored == feeds.offered
+
+        def refused() -> list[dict[str, object]]:  # not a connection ended by the switch
+            return [e for e in daemon.events("database.failed")
+                    if e["during"] == "cycle" and "(25006)" in str(e["error"])]
+
+        try:
+            wait_until(stored_all, "the first round stored", daemon)
+            first = set(feeds.offered)
+            own_role.read_only(True)
+            feeds.round = 2
+            make_due(postgres_url)
+            wait_until(lambda: len(refused()) >= 2, "two refused cycles", daemon)
+            assert inspect_database(postgres_url).stored == first
+            own_role.read_only(False)
+            make_due(postgres_url)
+            wait_until(lambda: stored_all() and len(feeds.offered) == 2 * 6, "the second round "
+                       "stored", daemon)
+        finally:
+            daemon.process.send_signal(signal.SIGTERM)
+            code = daemon.process.wait(10)
+        output = daemon.close()
+    assert code == 0 and "Traceback" not in output, output[-3000:]
+    lines = refused()
+    assert {e["database"] for e in lines} == {db.display(own_role.url)}
+    assert all("read-only" in str(e["error"]) and "writable" in str(e["hint"]) for e in lines)
+    final = inspect_database(postgres_url)
+    assert final.problems(final=True) == [] and final.stored == feeds.offered
