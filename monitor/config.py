@@ -122,6 +122,7 @@ class DedupSettings:
     embedder: str = "e5"
     sweep_batch: int = 32
     sweep_interval_seconds: int = 60
+    memory_index: bool = True
 
 
 @dataclass(frozen=True)
@@ -314,7 +315,7 @@ SCHEMA: dict[str, dict[str, Check]] = {
         "min_evidence": _is((int, float), "a number"), "min_cosine": _fraction,
         "min_cosine_same_language": _fraction, "window_days": _NUM,
         "embedder": _choice("e5", "none"),
-        "sweep_batch": _count, "sweep_interval_seconds": _count,
+        "sweep_batch": _count, "sweep_interval_seconds": _count, "memory_index": _BOOL,
     },
     "workers": {"claim_seconds": _NUM, "tick_seconds": _NUM},
 }

@@ -58,12 +58,16 @@ def stable_hash(token: str) -> int:
                                           digest_size=8).digest(), "little")
 
 
+_M1, _M2 = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
+_S30, _S27, _S31 = np.uint64(30), np.uint64(27), np.uint64(31)
+
+
 def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finalizer, vectorized: spreads every input bit over the output."""
-    with np.errstate(over="ignore"):
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
+    """splitmix64's finalizer, vectorized: spreads every input bit over the output.
+    (Array arithmetic wraps modulo 2**64 without a warning; only scalars would warn.)"""
+    x = (x ^ (x >> _S30)) * _M1
+    x = (x ^ (x >> _S27)) * _M2
+    return x ^ (x >> _S31)
 
 
 def shingles_of_words(word_hashes: np.ndarray, k: int = SHINGLE_WORDS) -> np.ndarray:
@@ -73,10 +77,9 @@ def shingles_of_words(word_hashes: np.ndarray, k: int = SHINGLE_WORDS) -> np.nda
     if h.size == 0:
         return h
     k = min(k, h.size)
-    with np.errstate(over="ignore"):
-        acc = np.zeros(h.size - k + 1, dtype=np.uint64)
-        for offset in range(k):
-            acc = _mix(acc ^ h[offset:h.size - k + 1 + offset])
+    acc = np.zeros(h.size - k + 1, dtype=np.uint64)
+    for offset in range(k):
+        acc = _mix(acc ^ h[offset:h.size - k + 1 + offset])
     return np.unique(acc)
 
 
@@ -96,10 +99,9 @@ def shingles_many(texts: Sequence[str], k: int = SHINGLE_WORDS) -> list[np.ndarr
     flat = np.fromiter(map(stable_hash, chain.from_iterable(words)), dtype=np.uint64,
                        count=int(counts.sum()))
     windows = max(0, flat.size - k + 1)
-    with np.errstate(over="ignore"):
-        acc = np.zeros(windows, dtype=np.uint64)
-        for offset in range(k):
-            acc = _mix(acc ^ flat[offset:windows + offset])
+    acc = np.zeros(windows, dtype=np.uint64)
+    for offset in range(k):
+        acc = _mix(acc ^ flat[offset:windows + offset])
     ends = np.cumsum(counts)
     starts = ends - counts
     out = []
@@ -146,10 +148,9 @@ def signature(shingle_hashes: np.ndarray, perms: Permutations = PERMUTATIONS) ->
     if shingle_hashes.size == 0:
         return EMPTY_SIGNATURE
     result = np.full(perms.a.size, np.iinfo(np.uint64).max, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for start in range(0, shingle_hashes.size, _CHUNK):
-            x = shingle_hashes[start:start + _CHUNK, None]
-            np.minimum(result, (x * perms.a + perms.b).min(axis=0), out=result)
+    for start in range(0, shingle_hashes.size, _CHUNK):
+        x = shingle_hashes[start:start + _CHUNK, None]
+        np.minimum(result, (x * perms.a + perms.b).min(axis=0), out=result)
     return (result >> np.uint64(32)).astype(np.uint32)
 
 
@@ -168,9 +169,8 @@ def signatures(shingle_sets: Sequence[np.ndarray],
     mins = np.empty((present.size, perms.a.size), dtype=np.uint64)
     # One permutation at a time over every document's shingles: the working set stays in
     # the CPU cache, some 30 times faster than one (shingles x permutations) matrix.
-    with np.errstate(over="ignore"):
-        for j in range(perms.a.size):
-            mins[:, j] = np.minimum.reduceat(flat * perms.a[j] + perms.b[j], starts)
+    for j in range(perms.a.size):
+        mins[:, j] = np.minimum.reduceat(flat * perms.a[j] + perms.b[j], starts)
     out[present] = mins >> np.uint64(32)
     return out
 
@@ -191,10 +191,13 @@ def band_keys(sig: np.ndarray, bands: int = BANDS) -> list[int]:
 def band_keys_many(sigs: np.ndarray, bands: int = BANDS) -> np.ndarray:
     """:func:`band_keys` for a matrix of signatures: an (n, bands) int64 array."""
     rows = sigs.astype(np.uint64).reshape(sigs.shape[0], bands, -1)
-    with np.errstate(over="ignore"):
-        folded = (rows * _ROW_WEIGHTS[:rows.shape[2]]).sum(axis=2, dtype=np.uint64)
-        index = np.arange(1, bands + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
-    return _mix(_mix(folded) ^ index).view(np.int64)
+    folded = (rows * _ROW_WEIGHTS[:rows.shape[2]]).sum(axis=2, dtype=np.uint64)
+    return _mix(_mix(folded) ^ _band_index(bands)).view(np.int64)
+
+
+@lru_cache(maxsize=8)
+def _band_index(bands: int) -> np.ndarray:
+    return np.arange(1, bands + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
 
 
 def jaccard(a: np.ndarray, b: np.ndarray) -> float:
@@ -235,7 +238,8 @@ def cosine(a: np.ndarray | None, b: np.ndarray | None) -> float:
 
 @dataclass(frozen=True)
 class Thresholds:
-    """When the stages call two items one story (see ``[dedup]`` in README.md)."""
+    """When the stages call two items one story (see ``[dedup]`` in README.md), and
+    whether the inline stage 2 asks a copy of the band index in memory (SQLite)."""
 
     near: float = 0.80
     crosslingual: float = 0.25
@@ -243,6 +247,7 @@ class Thresholds:
     min_cosine: float = 0.80
     min_cosine_same_language: float = 0.88
     window: timedelta = timedelta(days=3)
+    memory_index: bool = False
 
 
 @dataclass(frozen=True, eq=False)

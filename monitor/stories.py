@@ -30,7 +30,7 @@ from sqlalchemy import Table, and_, delete, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from monitor import dedup, store, views
+from monitor import band_index, dedup, store, views
 from monitor.anchors import Rarity
 from monitor.config import DedupSettings
 from monitor.dedup import Candidate, Decision, Fingerprint, Probe, StoryView, Thresholds
@@ -65,7 +65,8 @@ def thresholds(settings: DedupSettings) -> Thresholds:
     return Thresholds(near=settings.near_threshold, crosslingual=settings.crosslingual_threshold,
                       min_evidence=settings.min_evidence, min_cosine=settings.min_cosine,
                       min_cosine_same_language=settings.min_cosine_same_language,
-                      window=timedelta(days=settings.window_days))
+                      window=timedelta(days=settings.window_days),
+                      memory_index=settings.memory_index)
 
 
 def chunks(values: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
@@ -90,6 +91,7 @@ def record(session: Session, prints: Mapping[int, Fingerprint], embed: bool) -> 
     for table, values in ((DEDUP, rows), (BANDS, bands)):
         for chunk in chunks(values):
             session.execute(insert_ignore(session, table), list(chunk))
+    band_index.wrote(session, prints)
 
 
 def record_anchors(session: Session, anchors: Mapping[int, Sequence[str]]) -> None:
@@ -120,16 +122,36 @@ def _count_anchors(session: Session, counts: Mapping[str, int]) -> None:
 
 class Placed:
     """Read access to the placed items (those linked to a story) for the decisions;
-    ``hidden`` items count as not placed (a settle has yet to place them again)."""
+    ``hidden`` items count as not placed (a settle has yet to place them again).
+    ``memory``: ask the process's copy of the band index (:mod:`monitor.band_index`)
+    where there is one, rather than the table."""
 
-    def __init__(self, session: Session, hidden: AbstractSet[int] = frozenset()) -> None:
+    def __init__(self, session: Session, hidden: AbstractSet[int] = frozenset(), *,
+                 memory: bool = False) -> None:
         self.session = session
         self.hidden = hidden
+        self.memory = memory
 
     def near(self, keys: Sequence[int]) -> tuple[dict[int, set[int]], dict[int, np.ndarray]]:
-        """Placed items sharing any of these band keys, by key, and their signatures. This
-        runs for every new item on the polling path, so it is one statement sent to the
-        driver's connection (inside the session's transaction) as plain SQL: SQLAlchemy's
+        """Placed items sharing any of these band keys, by key, and their signatures."""
+        index = band_index.of(self.session) if self.memory else None
+        if index is not None:
+            try:
+                hits = index.lookup(keys)
+            except sqlite3.Error:  # the copy cannot read the file: the table answers
+                index = None
+        if index is None:
+            return self._near_in_table(keys)
+        signatures = self._signatures({i for ids in hits.values() for i in ids})
+        found = {key: kept for key, ids in hits.items()
+                 if (kept := {i for i in ids if i in signatures})}
+        return found, signatures
+
+    def _near_in_table(self, keys: Sequence[int]
+                       ) -> tuple[dict[int, set[int]], dict[int, np.ndarray]]:
+        """:meth:`near` asking the band table. This runs for every new item on the polling
+        path (without a copy in memory), so it is one statement sent to the driver's
+        connection (inside the session's transaction) as plain SQL: SQLAlchemy's
         statement and result layers would cost several times the indexed probes."""
         found: dict[int, set[int]] = {}
         signatures: dict[int, np.ndarray] = {}
@@ -145,6 +167,22 @@ class Placed:
                         signatures[item_id] = dedup.signature_from(bytes(blob) if blob else None)
             cursor.close()
         return found, signatures
+
+    def _signatures(self, ids: AbstractSet[int]) -> dict[int, np.ndarray]:
+        """The signatures of those of ``ids`` that are placed (and not hidden)."""
+        wanted = sorted(ids - self.hidden)
+        signatures: dict[int, np.ndarray] = {}
+        if not wanted:
+            return signatures
+        driver = self._driver()
+        mark = "?" if isinstance(driver, sqlite3.Connection) else "%s"
+        for chunk in chunks(wanted):
+            cursor = driver.cursor()
+            cursor.execute(_signatures_sql(mark, len(chunk)), tuple(chunk))
+            for item_id, blob in cursor.fetchall():
+                signatures[item_id] = dedup.signature_from(bytes(blob) if blob else None)
+            cursor.close()
+        return signatures
 
     def _driver(self) -> Any:
         driver = self.session.connection().connection.driver_connection
@@ -241,6 +279,13 @@ def _near_sql(mark: str, count: int) -> str:
             "JOIN story_items s ON s.item_id = b.item_id "
             "JOIN item_dedup d ON d.item_id = b.item_id "
             f"WHERE b.band_key IN ({', '.join([mark] * count)})")
+
+
+@lru_cache(maxsize=64)
+def _signatures_sql(mark: str, count: int) -> str:
+    return ("SELECT d.item_id, d.signature FROM item_dedup d "
+            "JOIN story_items s ON s.item_id = d.item_id "
+            f"WHERE d.item_id IN ({', '.join([mark] * count)})")
 
 
 def topics_of(session: Session, item_ids: Sequence[int]) -> dict[int, set[str]]:
@@ -454,7 +499,7 @@ def place_near(session: Session, batch: Sequence[Prepared], placements: Sequence
              and prints[i].signature.size]
     if not open_:
         return result
-    placed = Placed(session)
+    placed = Placed(session, memory=limits.memory_index)
     hits, stored = placed.near([k for i in open_ for k in prints[i].bands])
     near = {x for i in open_ for k in prints[i].bands for x in hits.get(k, ())
             if dedup.jaccard(prints[i].signature, stored[x]) >= limits.near}

@@ -16,5 +16,7 @@ def test_tiny_dedup_bench_finds_the_planted_rewrites(tmp_path: Path) -> None:
         assert row.recall_85 >= 0.9 and row.false_matches == 0
         assert row.decision[0] > 0 and row.brute[0] > 0 and row.index_query[0] > 0
         assert 0 < row.bytes_per_item < 6144
+        assert row.copy_bytes == 16 * 16 * row.size  # the copy holds every item's 16 keys
+        assert row.table_query[0] > 0 and row.index_fresh > 0 and row.index_rewrites > 0
     text = "\n".join(bench.report(results, "bench/dedup.py --sizes 1000,2000"))
     assert "| 2,000 |" in text and "shared permutations" in text

@@ -1,0 +1,183 @@
+"""The process's copy of the band index (SQLite): the same answers as the table, in step
+with other connections' commits, and out of the way where it cannot be."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+
+from monitor import band_index, db, dedup, stories
+from monitor.dedup import Thresholds
+from monitor.language import make_detector
+from monitor.models import ItemRow, MinhashBandRow, StoryItemRow
+from monitor.pipeline import Pipeline, SourceContext, ingest
+from monitor.types import Article
+
+NOW = datetime(2025, 8, 20, 12, tzinfo=UTC)
+WORDS = ["minister", "ankara", "drone", "export", "talks", "cooperation", "defence",
+         "industry", "tokyo", "treaty", "budget", "parliament", "coalition", "vote",
+         "shipyard", "frigate", "contract", "delivery", "agency", "officials", "said",
+         "tuesday", "wednesday", "billion", "yen", "agreement", "signed", "visit"]
+
+
+def _text(rng: random.Random, words: int = 80) -> str:
+    return " ".join(rng.choice(WORDS) + str(rng.randrange(400)) for _ in range(words)) + "."
+
+
+def _article(title: str, text: str, guid: str) -> Article:
+    return Article(title=title, text=text, guid=guid, published=NOW)
+
+
+def _pipeline(memory: bool = True) -> Pipeline:
+    return Pipeline(topics=(), detector=make_detector("py3langid"),
+                    dedup=Thresholds(memory_index=memory), embed=False)
+
+
+def _ingest(sessions, articles: list[Article], source: str, memory: bool = True) -> list[int]:
+    with db.transaction(sessions) as session:
+        report = ingest(session, articles, SourceContext(source, outlet=source),
+                        _pipeline(memory), NOW)
+    return list(report.item_ids)
+
+
+@pytest.fixture
+def sessions(tmp_path: Path):
+    engine = db.make_engine(f"sqlite:///{tmp_path / 'm.db'}")
+    db.ensure_schema(engine)
+    yield db.session_factory(engine)
+    engine.dispose()
+
+
+def _near(sessions, keys: list[int], memory: bool):
+    with sessions() as session:
+        found, signatures = stories.Placed(session, memory=memory).near(keys)
+    return found, {i: s.tolist() for i, s in signatures.items()}
+
+
+def _all_keys(sessions) -> list[int]:
+    with sessions() as session:
+        return list(session.scalars(select(MinhashBandRow.band_key)))
+
+
+def test_the_copy_answers_as_the_table(sessions) -> None:
+    """Every stored key, and keys nobody has, give the same items and signatures."""
+    rng = random.Random(7)
+    for source in range(4):
+        _ingest(sessions, [_article(f"t{source}-{i}", _text(rng), f"g{i}") for i in range(25)],
+                f"s{source}")
+    keys = _all_keys(sessions) + [rng.randrange(-2**63, 2**63) for _ in range(50)]
+    assert len(keys) > 1000
+    assert _near(sessions, keys, memory=True) == _near(sessions, keys, memory=False)
+    with sessions() as session:
+        index = band_index.of(session)
+    assert index is not None and index.rows == len(_all_keys(sessions))
+
+
+def test_commits_of_another_engine_are_seen(sessions, tmp_path: Path) -> None:
+    """Another writer (an engine of its own, as another process has) commits a story;
+    a near copy ingested here afterwards joins it through the copy, without a reload."""
+    rng = random.Random(3)
+    _ingest(sessions, [_article("warm", _text(rng), "w")], "warm")
+    assert _near(sessions, [1], memory=True)[0] == {}  # the copy is loaded now
+    other = db.make_engine(f"sqlite:///{tmp_path / 'm.db'}")
+    body = _text(rng, 120)
+    (first,) = _ingest(db.session_factory(other), [_article("wire", body, "a")], "other")
+    other.dispose()
+    (copy,) = _ingest(sessions, [_article("wire copy", body + " Update.", "b")], "here")
+    with sessions() as session:
+        links = dict(session.execute(select(StoryItemRow.item_id, StoryItemRow.reason)).all())
+        index = band_index.of(session)
+        assert index is not None and index.news_rows > 0 and not index.stale
+    assert links[copy] == "near" and first != copy
+
+
+def test_a_transaction_with_band_rows_of_its_own_asks_the_table(sessions) -> None:
+    """Two ingests in one transaction: the second's near duplicate of the first (not yet
+    committed, so not in the copy) is still found."""
+    rng = random.Random(5)
+    _ingest(sessions, [_article("warm", _text(rng), "w")], "warm")
+    body = _text(rng, 120)
+    pipeline = _pipeline()
+    with db.transaction(sessions) as session:
+        ingest(session, [_article("wire", body, "a")], SourceContext("one", outlet="one"),
+               pipeline, NOW)
+        assert band_index.of(session) is None
+        report = ingest(session, [_article("wire copy", body + " More.", "b")],
+                        SourceContext("two", outlet="two"), pipeline, NOW)
+    with sessions() as session:
+        reason = session.scalar(select(StoryItemRow.reason)
+                                .where(StoryItemRow.item_id == report.item_ids[0]))
+        assert band_index.of(session) is not None  # a new transaction uses the copy again
+    assert reason == "near"
+
+
+def test_band_rows_for_old_items_make_the_copy_read_again(sessions) -> None:
+    """Fingerprints recorded later for items older than the copy's newest (as
+    ``ensure_fingerprints`` does after an upgrade) are found after the commit."""
+    rng = random.Random(9)
+    ids = _ingest(sessions, [_article(f"t{i}", _text(rng), f"g{i}") for i in range(3)], "s")
+    with db.transaction(sessions) as session:
+        session.execute(MinhashBandRow.__table__.delete()
+                        .where(MinhashBandRow.item_id == ids[0]))
+    keys = list(dedup.band_keys(dedup.signature(dedup.shingles(_text(random.Random(1))))))
+    assert _near(sessions, keys, memory=True)[0] == {}  # loaded, without item ids[0]'s rows
+    with db.transaction(sessions) as session:
+        fingerprint = stories.fingerprint_item(session.get(ItemRow, ids[0]))
+        stories.record(session, {ids[0]: fingerprint}, embed=False)
+    own = list(fingerprint.bands)
+    found, _ = _near(sessions, own, memory=True)
+    assert found == _near(sessions, own, memory=False)[0]
+    assert {i for v in found.values() for i in v} == {ids[0]}
+
+
+def test_news_merge_into_the_sorted_arrays(sessions, monkeypatch) -> None:
+    """Past MERGE_AT rows of news, they join the sorted arrays, which stay sorted and
+    give the table's answers."""
+    monkeypatch.setattr(band_index, "MERGE_AT", 40)
+    rng = random.Random(11)
+    _ingest(sessions, [_article("warm", _text(rng), "w")], "warm")
+    _near(sessions, [0], memory=True)
+    for round_ in range(5):
+        _ingest(sessions, [_article(f"r{round_}-{i}", _text(rng), f"g{i}") for i in range(3)],
+                f"s{round_}")
+        keys = _all_keys(sessions)
+        assert _near(sessions, keys, memory=True) == _near(sessions, keys, memory=False)
+    with sessions() as session:
+        index = band_index.of(session)
+    assert index is not None and index.news_rows < 48 and len(index.keys) > 16
+    assert bool(np.all(np.diff(index.keys) >= 0))
+
+
+def test_no_copy_for_postgresql_or_memory(tmp_path: Path) -> None:
+    """Only a SQLite file has a copy: an in-memory SQLite database has none."""
+    engine = db.make_engine("sqlite://")
+    db.ensure_schema(engine)
+    with db.session_factory(engine)() as session:
+        assert band_index.of(session) is None
+    engine.dispose()
+
+
+def test_ingest_gives_the_same_stories_with_and_without_the_copy(tmp_path: Path) -> None:
+    """Near copies spread over many sources: the same links either way."""
+    rng = random.Random(13)
+    bodies = [_text(rng, 100) for _ in range(8)]
+    batches = [[_article(f"{s}-{i}", rng.choice(bodies) + f" Note {s}{i}.", f"g{i}")
+                for i in range(4)] for s in range(6)]
+    links = []
+    for memory in (True, False):
+        engine = db.make_engine(f"sqlite:///{tmp_path / f'{memory}.db'}")
+        db.ensure_schema(engine)
+        sessions = db.session_factory(engine)
+        for s, batch in enumerate(batches):
+            _ingest(sessions, batch, f"s{s}", memory=memory)
+        with sessions() as session:
+            links.append(sorted(session.execute(
+                select(StoryItemRow.item_id, StoryItemRow.story_id, StoryItemRow.reason)).all()))
+        engine.dispose()
+    assert links[0] == links[1]
+    assert sum(1 for _, _, reason in links[0] if reason == "near") >= 10
