@@ -146,8 +146,22 @@ def letter_weight(text: str, enough: int | None = None) -> int:
     Counting stops once the weight reaches ``enough``: callers that only compare it with
     thresholds up to ``enough`` need not read a long text to its end.
     """
+    # An opening cut at a space (never inside a URL) usually holds enough letters.
+    if enough is not None and (cut := text.find(" ", 4 * enough)) >= 0 and (
+            weight := _letters(text[:cut], enough)) >= enough:
+        return weight
+    return _letters(text, enough)
+
+
+def _without_urls(text: str) -> str:
+    # The case-blind pattern is slow to scan: most texts hold no URL, and say so cheaply.
+    low = text.lower()
+    return _URL.sub(" ", text) if "://" in low or "www." in low else text
+
+
+def _letters(text: str, enough: int | None) -> int:
     weight = 0
-    for ch in _URL.sub(" ", text):
+    for ch in _without_urls(text):
         if ch.isalpha():
             weight += 3 if _is_wide(ch) else 1
             if enough is not None and weight >= enough:
@@ -188,7 +202,7 @@ def _scripts_of(code: str) -> tuple[str, ...]:
 
 
 def _prepare(text: str) -> str:
-    return " ".join(_URL.sub(" ", text[:MAX_CHARS]).split())
+    return " ".join(_without_urls(text[:MAX_CHARS]).split())
 
 
 def _undetermined(method: str) -> Detection:
@@ -208,6 +222,8 @@ class Detector(Protocol):
     def name(self) -> str: ...
 
     def detect(self, text: str) -> Detection: ...
+
+    def detect_many(self, texts: Sequence[str]) -> list[Detection]: ...
 
 
 # --- py3langid ---------------------------------------------------------------------
@@ -246,9 +262,18 @@ def _langid(languages: tuple[str, ...]) -> _Langid:
     model = _langid_model(languages)
     with contextlib.suppress(AttributeError, TypeError, ValueError, IndexError):
         fast = _FastLangid.of(model)
-        if all(fast.rank(text) == model.rank(text) for text in _PROBES):
+        if all(fast.rank(text) == model.rank(text) for text in _PROBES) and all(
+                label == want[0] and abs(p - want[1]) < 1e-4 for (label, p), want in
+                zip(fast.classify_many(_PROBES), map(model.classify, _PROBES), strict=True)):
             return fast
     return model
+
+
+def _classify_many(languages: tuple[str, ...], texts: Sequence[str]) -> list[tuple[str, float]]:
+    identifier = _langid(languages)
+    if isinstance(identifier, _FastLangid):
+        return identifier.classify_many(texts)
+    return [identifier.classify(text) for text in texts]
 
 
 # Checked at load against py3langid's own walk: scripts, case folding, NFC, nothing at all.
@@ -288,8 +313,8 @@ class _FastLangid:
 
         nextmove = np.frombuffer(model.tk_nextmove, dtype=model.tk_nextmove.typecode)
         rows = np.frombuffer(model.tk_row, dtype=model.tk_row.typecode).astype(np.intp) << 8
-        if nextmove[rows[0] + _PAD] != 0:
-            raise ValueError("the padding byte moves the automaton")
+        if np.any(nextmove[rows + _PAD] != 0):  # from any state: texts can be joined by it
+            raise ValueError("the padding byte does not return the automaton to its root")
         labels = tuple(model.nb_classes)
         aliases = tuple((labels.index(c), i) for i, c in enumerate(labels) if labels.index(c) != i)
         return cls(nextmove=nextmove, rows=rows, depth=_trie_depth(nextmove, rows),
@@ -325,6 +350,48 @@ class _FastLangid:
             scores[first] += scores[later]
             scores[later] = 0.0
         return scores
+
+    def probabilities_many(self, texts: Sequence[str]) -> np.ndarray:
+        """:meth:`probabilities` of many texts, one row each, in one pass over all their
+        bytes joined by the padding byte (which returns the automaton to its root, so
+        each text is walked as if alone). The features' log-scores are summed in feature
+        order rather than py3langid's, so a probability may differ from
+        :meth:`probabilities` in its last bits (checked at load: never the answer)."""
+        import numpy as np
+
+        datas = [_langid_bytes(text) for text in texts]
+        lengths = np.fromiter(map(len, datas), dtype=np.int64, count=len(datas))
+        joined = bytes([_PAD]).join(datas)
+        found = self.features[self.states(joined)]
+        owner = np.repeat(np.arange(len(datas), dtype=np.int64), lengths + 1)[:len(joined)]
+        kept = found >= 0
+        keys, counts = np.unique((owner[kept] << 32) | found[kept], return_counts=True)
+        scores = np.zeros((len(datas), len(self.labels)), dtype=np.float64)
+        if len(keys):  # summed in float64: float32 sums in another order drift by ~1e-5
+            rows = self.ptc[keys & 0xFFFFFFFF] * np.log1p(counts.astype(np.float64))[:, None]
+            texts_of = keys >> 32
+            firsts = np.flatnonzero(np.concatenate(([True], texts_of[1:] != texts_of[:-1])))
+            scores[texts_of[firsts]] = np.add.reduceat(rows, firsts, axis=0)
+            scores[texts_of[firsts]] += self.pc
+        scores *= (1.0 / np.sqrt(np.maximum(lengths, 1)))[:, None]
+        np.exp(scores - scores.max(axis=1, keepdims=True), out=scores)
+        scores /= scores.sum(axis=1, keepdims=True)
+        for first, later in self.aliases:
+            scores[:, first] += scores[:, later]
+            scores[:, later] = 0.0
+        return scores
+
+    def classify_many(self, texts: Sequence[str]) -> list[tuple[str, float]]:
+        """:meth:`classify` of many texts (see :meth:`probabilities_many`)."""
+        import numpy as np
+
+        if not texts:
+            return []
+        probabilities = self.probabilities_many(texts)
+        best = probabilities.argmax(axis=1)
+        return [(self.labels[b], float(p)) for b, p in
+                zip(best.tolist(), probabilities[np.arange(len(texts)), best].tolist(),
+                    strict=True)]
 
     def scores(self, data: bytes) -> np.ndarray:
         """Naive Bayes log scores; zeros (a uniform answer) for a text without features."""
@@ -403,10 +470,16 @@ class Py3langidDetector:
     name: str = "py3langid"
 
     def detect(self, text: str) -> Detection:
-        if not text.strip():
-            return _undetermined(self.name)
-        label, confidence = _langid(self.languages).classify(text)
-        return _found(label, confidence, self.name)
+        return self.detect_many([text])[0]
+
+    def detect_many(self, texts: Sequence[str]) -> list[Detection]:
+        """Every text at once (one pass of the automaton over them all)."""
+        found: list[Detection] = [_undetermined(self.name)] * len(texts)
+        wanted = [i for i, text in enumerate(texts) if text.strip()]
+        answers = _classify_many(self.languages, [texts[i] for i in wanted])
+        for i, (label, confidence) in zip(wanted, answers, strict=True):
+            found[i] = _found(label, confidence, self.name)
+        return found
 
 
 # --- lingua ------------------------------------------------------------------------
@@ -474,6 +547,9 @@ class LinguaDetector:
             return _undetermined(self.name)
         return _found(*ranked[0], self.name)
 
+    def detect_many(self, texts: Sequence[str]) -> list[Detection]:
+        return [self.detect(text) for text in texts]
+
 
 # --- langdetect --------------------------------------------------------------------
 
@@ -518,6 +594,9 @@ class LangdetectDetector:
             return _undetermined(self.name)
         return _found(best.lang, best.prob, self.name)
 
+    def detect_many(self, texts: Sequence[str]) -> list[Detection]:
+        return [self.detect(text) for text in texts]
+
 
 # --- the default -------------------------------------------------------------------
 
@@ -539,6 +618,13 @@ class HybridDetector:
 
     languages: tuple[str, ...] = DEFAULT_LANGUAGES
     name: str = "py3langid+lingua"
+
+    def detect_many(self, texts: Sequence[str]) -> list[Detection]:
+        """Long texts all at once through py3langid, short ones one by one."""
+        long = [i for i, text in enumerate(texts) if len(text) >= SHORT_TEXT]
+        found = dict(zip(long, Py3langidDetector(self.languages, self.name).detect_many(
+            [texts[i] for i in long]), strict=True))
+        return [found[i] if i in found else self.detect(text) for i, text in enumerate(texts)]
 
     def detect(self, text: str) -> Detection:
         if len(text) >= SHORT_TEXT:
@@ -611,16 +697,25 @@ def first_hint(hints: Iterable[str | None]) -> str | None:
 def detect_language(text: str, hints: Sequence[str | None], detector: Detector,
                     min_chars: int = 12) -> Detection:
     """Declared metadata when plausible, else the detector; ``und`` for too little text."""
-    hint = first_hint(hints)
-    letters = letter_weight(text, enough=max(min_chars, JUDGE_LETTERS))
-    if letters < min_chars:
-        if hint:
-            return Detection(hint, METADATA_CONFIDENCE, "metadata")
-        return _undetermined("too-short")
-    found = detector.detect(_prepare(text))
-    if hint is None:
-        return found
-    return reconcile(hint, found, letters)
+    return detect_languages([text], [hints], detector, min_chars)[0]
+
+
+def detect_languages(texts: Sequence[str], hints: Sequence[Sequence[str | None]],
+                     detector: Detector, min_chars: int = 12) -> list[Detection]:
+    """:func:`detect_language` of many texts, the detector asked about them all at once."""
+    firsts = [first_hint(h) for h in hints]
+    letters = [letter_weight(text, enough=max(min_chars, JUDGE_LETTERS)) for text in texts]
+    asked = [i for i, n in enumerate(letters) if n >= min_chars]
+    found = dict(zip(asked, detector.detect_many([_prepare(texts[i]) for i in asked]),
+                     strict=True))
+    out = []
+    for i, hint in enumerate(firsts):
+        if i not in found:
+            out.append(Detection(hint, METADATA_CONFIDENCE, "metadata") if hint
+                       else _undetermined("too-short"))
+        else:
+            out.append(found[i] if hint is None else reconcile(hint, found[i], letters[i]))
+    return out
 
 
 def reconcile(hint: str, found: Detection, letters: int) -> Detection:

@@ -23,7 +23,7 @@ from monitor.config import Settings, Topic
 from monitor.coordination import story_lock
 from monitor.dedup import Document, Fingerprint, Thresholds
 from monitor.dedup import fingerprints as near_fingerprints
-from monitor.language import Detector, detect_language, make_detector
+from monitor.language import Detector, detect_languages, make_detector
 from monitor.normalize import canonical_url, content_key, title_key
 from monitor.topics import match_topics
 from monitor.translate import can_translate
@@ -112,6 +112,15 @@ def lead_text(article: Article) -> str:
     return lead[:DETECT_CHARS]
 
 
+def detect_all(articles: Sequence[Article], ctx: SourceContext,
+               pipeline: Pipeline) -> list[Detection]:
+    """The language of each article (metadata first), the detector asked once for all:
+    py3langid scores a whole feed in one pass, several times cheaper than item by item."""
+    return detect_languages([lead_text(a) for a in articles],
+                            [(*a.language_hints, ctx.language) for a in articles],
+                            pipeline.detector)
+
+
 def translation_decision(detection: Detection, pipeline: Pipeline) -> tuple[str, str | None]:
     """The translation hook: what to do with an item in this language."""
     lang, target = detection.language, pipeline.target_language
@@ -135,14 +144,14 @@ def guid_of(article: Article, url: str | None) -> str:
 
 
 def prepare(article: Article, ctx: SourceContext, pipeline: Pipeline,
-            now: datetime) -> Prepared:
-    """Every pure stage for one article."""
+            now: datetime, detection: Detection | None = None) -> Prepared:
+    """Every pure stage for one article (its language given when already detected, see
+    :func:`detect_all`)."""
     if article.published is None and ctx.published is not None:
         article = _with(article, published=ctx.published)
     url = canonical_url(article.url) if article.url else None
-    lead = lead_text(article)
-    hints = (*article.language_hints, ctx.language)
-    detection = detect_language(lead, hints, pipeline.detector)
+    if detection is None:
+        detection = detect_all([article], ctx, pipeline)[0]
     topics = [t for t in pipeline.topics if not ctx.topics or t.name in ctx.topics]
     matches = match_topics(topics, (article.title, article.summary, article.text))
     status, reason = translation_decision(detection, pipeline)
@@ -244,7 +253,8 @@ def ingest(session: Session, articles: Sequence[Article], ctx: SourceContext,
     provisional stories under a lock of its own (:func:`monitor.story_sweep.join_across`).
     """
     admitted = [a for a in articles if filters.admits(a.published or ctx.published)]
-    batch = [prepare(a, ctx, pipeline, now) for a in admitted]
+    batch = [prepare(a, ctx, pipeline, now, detection) for a, detection in
+             zip(admitted, detect_all(admitted, ctx, pipeline), strict=True)]
     story_lock(session, "identity", [f"{kind}\n{key}" for p in batch
                                      for kind, key in _batch_keys(p)])
     placements = place(batch, store.find_existing(session, batch))
