@@ -40,9 +40,9 @@ from sqlalchemy.orm import Session
 from monitor import db
 
 FETCH = 65_536
-# News since the copy was built wait in a dict; past this many rows (or a sixteenth of
-# the copy) they are merged into the sorted arrays, which costs a pass over them.
-MERGE_AT = 50_000
+# News since the copy was built wait in a dict (~100 bytes a row); past this many rows
+# (or a sixteenth of the copy) they are merged into the sorted arrays, a pass over them.
+MERGE_AT = 200_000
 _WROTE = "monitor.band_index.wrote"
 
 
@@ -53,7 +53,7 @@ class BandIndex:
     path: str
     keys: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
     ids: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
-    news: dict[int, list[int]] = field(default_factory=dict)
+    news: dict[int, int | list[int]] = field(default_factory=dict)  # an id, or ids
     news_rows: int = 0
     watermark: int = -1  # the largest item id read; -1: nothing read yet
     version: int | None = None
@@ -101,7 +101,7 @@ class BandIndex:
                 found[key] = self.ids[low:high].tolist()
         for key in wanted:
             if (extra := self.news.get(key)) is not None:
-                found.setdefault(key, []).extend(extra)
+                found.setdefault(key, []).extend(_listed(extra))
         return found
 
     def _sync(self) -> None:
@@ -132,22 +132,39 @@ class BandIndex:
         self.watermark = int(self.ids.max()) if len(self.ids) else -1
 
     def _read_news(self, con: sqlite3.Connection) -> None:
-        rows = con.execute("SELECT band_key, item_id FROM minhash_bands WHERE item_id > ?",
-                           (self.watermark,)).fetchall()
-        for key, item_id in rows:
-            self.news.setdefault(key, []).append(item_id)
-            self.watermark = max(self.watermark, item_id)
+        rows = con.execute("SELECT band_key, item_id FROM minhash_bands WHERE item_id > ? "
+                           "ORDER BY item_id", (self.watermark,)).fetchall()
+        if not rows:
+            return
+        fresh = dict(rows)  # a key to one item id, built in C: almost every key is new
+        if len(fresh) == len(rows) and fresh.keys().isdisjoint(self.news):
+            self.news.update(fresh)
+        else:  # keys shared with other news: lists of ids
+            for key, item_id in rows:
+                known = self.news.get(key)
+                self.news[key] = item_id if known is None else [*_listed(known), item_id]
+        self.watermark = rows[-1][1]
         self.news_rows += len(rows)
         if self.news_rows > max(MERGE_AT, len(self.keys) // 16):
             self._merge()
 
     def _merge(self) -> None:
-        pairs = sorted((key, item_id) for key, ids in self.news.items() for item_id in ids)
-        news = np.array(pairs, dtype=np.int64).reshape(-1, 2)
-        at = np.searchsorted(self.keys, news[:, 0], "right")
-        self.keys = np.insert(self.keys, at, news[:, 0])
-        self.ids = np.insert(self.ids, at, news[:, 1])
+        single = {k: v for k, v in self.news.items() if isinstance(v, int)}
+        several = [(k, i) for k, v in self.news.items() if not isinstance(v, int) for i in v]
+        keys = np.fromiter(single, dtype=np.int64, count=len(single))
+        ids = np.fromiter(single.values(), dtype=np.int64, count=len(single))
+        if several:
+            keys = np.concatenate((keys, np.array([k for k, _ in several], dtype=np.int64)))
+            ids = np.concatenate((ids, np.array([i for _, i in several], dtype=np.int64)))
+        order = np.lexsort((ids, keys))
+        at = np.searchsorted(self.keys, keys[order], "right")
+        self.keys = np.insert(self.keys, at, keys[order])
+        self.ids = np.insert(self.ids, at, ids[order])
         self.news, self.news_rows = {}, 0
+
+
+def _listed(ids: int | list[int]) -> list[int]:
+    return [ids] if isinstance(ids, int) else ids
 
 
 _indexes: weakref.WeakKeyDictionary[Engine, BandIndex] = weakref.WeakKeyDictionary()

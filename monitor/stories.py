@@ -83,14 +83,15 @@ def record(session: Session, prints: Mapping[int, Fingerprint], embed: bool) -> 
     if not prints:
         return
     state = "pending" if embed else "off"
-    rows = [{"item_id": i, "event_at": f.event_at, "order_key": f.order_key,
-             "signature": dedup.to_bytes(f.signature) if f.signature.size else None,
-             "embedding": None, "embed_state": state if f.embeddable else "empty"}
-            for i, f in prints.items()]
-    bands = [{"band_key": k, "item_id": i} for i, f in prints.items() for k in set(f.bands)]
-    for table, values in ((DEDUP, rows), (BANDS, bands)):
-        for chunk in chunks(values):
-            session.execute(insert_ignore(session, table), list(chunk))
+    rows = [(i, f.event_at, f.order_key,
+             dedup.to_bytes(f.signature) if f.signature.size else None,
+             state if f.embeddable else "empty") for i, f in prints.items()]
+    bands = [(k, i) for i, f in prints.items() for k in set(f.bands)]
+    for chunk in chunks(rows):
+        store.insert_many(session, DEDUP,
+                          ("item_id", "event_at", "order_key", "signature", "embed_state"), chunk)
+    for chunk in chunks(bands):
+        store.insert_many(session, BANDS, ("band_key", "item_id"), chunk)
     band_index.wrote(session, prints)
 
 
@@ -508,12 +509,16 @@ def place_near(session: Session, batch: Sequence[Prepared], placements: Sequence
     roots: dict[int, int] = {}  # batch index -> index of the article leading its new story
     by_band: dict[int, list[int]] = {}  # band key -> batch indexes in ``roots`` with it
     for i in open_:
-        probe = Probe(-(i + 1), prints[i].event_at, prints[i].signature, frozenset(),
-                      frozenset(m.topic for m in batch[i].topics))
-        mine = [found[x] for k in prints[i].bands for x in hits.get(k, ()) if x in found]
-        sharing = sorted({j for k in prints[i].bands for j in by_band.get(k, ())})
+        bands = prints[i].bands
+        mine = [found[x] for k in bands for x in hits.get(k, ()) if x in found]
+        sharing = sorted({j for k in bands for j in by_band.get(k, ())})
         mine += _batch_candidates(sharing, prints, batch, roots, views)
-        decision = dedup.decide(probe, mine, views, Rarity(0, {}), limits, ("near",))
+        if not mine:  # most items: nothing to decide between
+            decision = Decision(None)
+        else:
+            probe = Probe(-(i + 1), prints[i].event_at, prints[i].signature, frozenset(),
+                          frozenset(m.topic for m in batch[i].topics))
+            decision = dedup.decide(probe, mine, views, Rarity(0, {}), limits, ("near",))
         if decision.story_id is None:
             roots[i] = i
         elif decision.story_id < 0:
