@@ -111,8 +111,10 @@ def matched_keywords(topic: Topic, folded: str, stripped: str) -> tuple[str, ...
 
 def match_topics(topics: Sequence[Topic], original: Iterable[str],
                  translated: Iterable[str] = ()) -> tuple[TopicMatch, ...]:
-    """Topics matched by the original text, else by its translation."""
-    texts = {"original": "\n".join(original), "translation": "\n".join(translated)}
+    """Topics matched by the original text, else by its translation (a part given twice,
+    such as an RSS description that is both summary and text, is read once)."""
+    texts = {"original": "\n".join(dict.fromkeys(original)),
+             "translation": "\n".join(dict.fromkeys(translated))}
     forms = {where: (fold(t), strip_marks(t)) for where, t in texts.items() if t}
     matches = []
     for topic in topics:
