@@ -39,8 +39,12 @@ def strip_marks(text: str) -> str:
     return _COMBINING.sub("", unicodedata.normalize("NFKD", text))
 
 
+@lru_cache(maxsize=512)
 def fold(text: str) -> str:
-    """Casefold and strip diacritics: 'İHA' -> 'iha', 'Tyrkiaś' -> 'tyrkias', 'Ø' -> 'o'."""
+    """Casefold and strip diacritics: 'İHA' -> 'iha', 'Tyrkiaś' -> 'tyrkias', 'Ø' -> 'o'.
+
+    Cached for a batch's worth of texts: an item's headline and text are folded for its
+    topics and again for its near-duplicate shingles (:func:`monitor.dedup.tokens`)."""
     # Casefolded again after NFKD, which can make capitals ("™" -> "TM", "ℭ" -> "C").
     folded = strip_marks(text.casefold()).casefold()
     # str.translate looks up every character in a dict (~80 µs a kilobyte); replacing
