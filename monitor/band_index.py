@@ -42,7 +42,7 @@ from monitor import db
 FETCH = 65_536
 # News since the copy was built wait in a dict (~100 bytes a row); past this many rows
 # (or a sixteenth of the copy) they are merged into the sorted arrays, a pass over them.
-MERGE_AT = 200_000
+MERGE_AT = 50_000
 _WROTE = "monitor.band_index.wrote"
 
 
