@@ -59,6 +59,7 @@ _C1_CONTROLS = re.compile(r"[\x80-\x9f]")
 _LINE_BREAKS = re.compile(r"\r\n?|[\u2028\u2029]")
 _INLINE_SPACE = re.compile(r"[^\S\n]+")
 _PARAGRAPH_GAP = re.compile(r"\n{3,}")
+_SPACE_AT_BREAK = re.compile(r" ?\n ?")
 _ANY_SPACE = re.compile(r"\s+")
 
 
@@ -107,10 +108,14 @@ def _clean_once(text: str) -> str:
     # C0 controls and invisible marks go first (one inside "Ã©" hides it from the repair);
     # C1 controls go after it: double-encoded Cyrillic needs them (Ð\x9d -> Н). NFC comes
     # last, so that no removal can leave a base letter and its accent apart.
-    text = _INVISIBLE.sub("", _LINE_BREAKS.sub("\n", _SURROGATES.sub("", text)))
+    text = _SURROGATES.sub("", text)
+    if "\r" in text or "\u2028" in text or "\u2029" in text:
+        text = _LINE_BREAKS.sub("\n", text)
+    text = _INVISIBLE.sub("", text)
     text = unicodedata.normalize("NFC", _C1_CONTROLS.sub("", repair_mojibake(text)))
-    lines = (_INLINE_SPACE.sub(" ", line).strip() for line in text.split("\n"))
-    return _PARAGRAPH_GAP.sub("\n\n", "\n".join(lines)).strip()
+    # Each line's runs of spaces made one, and no space left at either end of a line.
+    text = _SPACE_AT_BREAK.sub("\n", _INLINE_SPACE.sub(" ", text))
+    return (_PARAGRAPH_GAP.sub("\n\n", text) if "\n\n\n" in text else text).strip()
 
 
 def clean_title(text: str) -> str:
