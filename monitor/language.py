@@ -160,13 +160,25 @@ def _without_urls(text: str) -> str:
 
 
 def _letters(text: str, enough: int | None) -> int:
-    weight = 0
-    for ch in _without_urls(text):
-        if ch.isalpha():
-            weight += 3 if _is_wide(ch) else 1
-            if enough is not None and weight >= enough:
-                break
-    return weight
+    text = _without_urls(text)
+    if enough is not None and len(text) > 8 * enough:  # a long text: stop once enough
+        weight = 0
+        for ch in text:
+            if ch.isalpha():
+                weight += 3 if _is_wide(ch) else 1
+                if weight >= enough:
+                    break
+        return weight
+    weight = sum(map(str.isalpha, text))  # counted in C
+    return weight + 2 * len(_wide_letters().findall(text)) if weight else 0
+
+
+@lru_cache(maxsize=1)
+def _wide_letters() -> re.Pattern[str]:
+    """The letters of :func:`_is_wide`'s ranges (a class of BMP characters: a bitmap)."""
+    ranges = ((0x3040, 0x9FFF), (0xAC00, 0xD7AF), (0xF900, 0xFAFF))
+    return re.compile("[" + "".join(chr(c) for lo, hi in ranges for c in range(lo, hi + 1)
+                                    if chr(c).isalpha()) + "]")
 
 
 def _is_wide(ch: str) -> bool:

@@ -115,9 +115,12 @@ def test_letter_weight_stops_at_enough() -> None:
     """Letters weigh 1, CJK characters 3; counting may stop once the weight is enough."""
     text = "Regjeringen https://nrk.no/abcdef 政府 12:45"
     assert language.letter_weight(text) == 17
-    assert language.letter_weight(text, enough=12) == 14  # 11 letters, then 政
+    # Past ``enough`` the count may stop anywhere: callers only compare it with thresholds
+    # up to ``enough``.
+    assert 12 <= language.letter_weight(text, enough=12) <= 17
     assert language.letter_weight(text, enough=40) == 17
-    assert language.letter_weight("政府" * 20, enough=40) == 42
+    assert 40 <= language.letter_weight("政府" * 20, enough=40) <= 120
+    assert 40 <= language.letter_weight("政府 " * 200, enough=40) <= 1200
 
 
 def test_norwegian_headlines_are_bokmal(detector: language.Detector) -> None:
