@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 
 from monitor.cli import cli
 
@@ -29,21 +29,29 @@ def shared(*parts: str) -> Path:
     return path
 
 
-@pytest.fixture
-def postgres_url() -> Iterator[str]:
-    """A URL whose search_path is a fresh, empty schema on the real PostgreSQL."""
+@pytest.fixture(scope="session")
+def postgres_admin() -> Iterator[Engine]:
+    """An autocommit engine on the real PostgreSQL that creates and drops the tests' schemas;
+    one for the session, so that each test does not pay for a new engine and connection."""
     base = os.environ.get(POSTGRES_ENV)
     if not base:
         pytest.skip(f"{POSTGRES_ENV} is not set: PostgreSQL tests skipped")
+    admin = create_engine(base, isolation_level="AUTOCOMMIT", pool_pre_ping=True)
+    yield admin
+    admin.dispose()
+
+
+@pytest.fixture
+def postgres_url(postgres_admin: Engine) -> Iterator[str]:
+    """A URL whose search_path is a fresh, empty schema on the real PostgreSQL."""
+    base = os.environ[POSTGRES_ENV]  # set: postgres_admin skips otherwise
     schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
+    with postgres_admin.connect() as conn:
         conn.execute(text(f'CREATE SCHEMA "{schema}"'))
     sep = "&" if "?" in base else "?"
     yield f"{base}{sep}options=-csearch_path%3D{schema}"
-    with admin.connect() as conn:
+    with postgres_admin.connect() as conn:
         conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])

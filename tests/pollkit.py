@@ -20,6 +20,12 @@ from monitor.poll import Poller
 # Short limits so that every misbehaving server costs well under two seconds.
 FAST: dict[str, Any] = {"connect_timeout": 0.5, "read_timeout": 0.5, "total_deadline": 1.5,
                         "max_body_mib": 1, "per_host_delay": 0, "concurrency": 16}
+# Language detectors for `monitor` subprocesses of tests that are not about languages: the
+# default one loads lingua's models on a process's first short text, 4-5 s. langdetect
+# starts at once but takes ~10 ms a short text (a few dozen items); py3langid starts in ~1 s
+# and then takes 0.2 ms a text (hundreds of items).
+FEW_ITEMS_DETECTOR = "langdetect"
+MANY_ITEMS_DETECTOR = "py3langid"
 
 
 def rss(name: str, count: int, *, guids: bool = True, dates: bool = True, ttl: int | None = None,
@@ -42,9 +48,13 @@ def _toml(value: Any) -> str:
     return json.dumps(value)  # strings, numbers and lists of strings read the same in TOML
 
 
-def write_config(path: Path, feeds: Sequence[Mapping[str, Any]], **fetch: Any) -> Path:
-    """A config file with ``FAST`` fetch limits (overridden by ``fetch``) and ``feeds``."""
+def write_config(path: Path, feeds: Sequence[Mapping[str, Any]], *, detector: str | None = None,
+                 **fetch: Any) -> Path:
+    """A config file with ``FAST`` fetch limits (overridden by ``fetch``) and ``feeds``, and
+    ``detector`` as the language detector if given (else the default one)."""
     lines = ["[fetch]", *(f"{k} = {_toml(v)}" for k, v in {**FAST, **fetch}.items())]
+    if detector is not None:
+        lines += ["", "[language]", f"detector = {_toml(detector)}"]
     for feed in feeds:
         lines += ["", "[[feeds]]", *(f"{k} = {_toml(v)}" for k, v in feed.items())]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -19,7 +19,15 @@ from sqlalchemy import create_engine, text
 from monitor import db
 from tests.conftest import Invoke
 from tests.httpserver import LoopbackServer, Reply
-from tests.pollkit import consistency, item_counts, rows, rss, write_config
+from tests.pollkit import (
+    FEW_ITEMS_DETECTOR,
+    MANY_ITEMS_DETECTOR,
+    consistency,
+    item_counts,
+    rows,
+    rss,
+    write_config,
+)
 
 
 @pytest.fixture
@@ -93,7 +101,8 @@ def test_once_json_logs(tmp_path: Path, server: LoopbackServer) -> None:
     polled feed's event carries its status, new items and duration."""
     ok = server.route("/ok", Reply(body=rss("jsonok", 2)))
     missing = server.route("/missing", Reply(status=404))
-    config = write_config(tmp_path / "c.toml", [{"url": ok}, {"url": missing}])
+    config = write_config(tmp_path / "c.toml", [{"url": ok}, {"url": missing}],
+                          detector=FEW_ITEMS_DETECTOR)
     process = monitor_process(config, f"sqlite:///{tmp_path / 'm.db'}", "--log-format", "json",
                               "-v", "run", "--once")
     out, err = process.communicate(timeout=60)
@@ -117,11 +126,11 @@ def test_signal_mid_cycle_then_restart(tmp_path: Path, server: LoopbackServer,
     no claim behind; a restart polls only the rest, and nothing is stored twice."""
     for i in range(FEEDS):
         server.route(f"/f{i}", Reply(body=rss(f"slow{i}", ITEMS), delay=0.3))
-    # Realistic deadlines: this test is about signals, and a fresh process loads the language
-    # models on its first short text, which stalls the event loop for a second or two.
+    # Realistic deadlines: this test is about signals, and a fresh process on two loaded
+    # cores can stall its event loop for a second or two (imports, the detector's first use).
     config = write_config(tmp_path / "c.toml",
                           [{"url": server.url(f"/f{i}")} for i in range(FEEDS)],
-                          read_timeout=10, total_deadline=20)
+                          read_timeout=10, total_deadline=20, detector=FEW_ITEMS_DETECTOR)
     url = database_url
     process = monitor_process(config, url, "run")
     wait_for(lambda: len(server.requests()) >= 5)
@@ -156,7 +165,7 @@ def test_second_signal_exits_at_once(tmp_path: Path, server: LoopbackServer,
     big = 1000  # the most one poll stores (fetch.max_items_per_poll at its ceiling)
     server.route("/big", Reply(body=rss("big", big)))
     config = write_config(tmp_path / "c.toml", [{"url": server.url("/big")}],
-                          max_items_per_poll=big)
+                          max_items_per_poll=big, detector=MANY_ITEMS_DETECTOR)
     url = database_url
     process = monitor_process(config, url, "run")
     wait_for(lambda: any(r.end for r in server.requests("/big")))

@@ -19,7 +19,7 @@ from monitor import db
 from monitor.models import FeedRow, WorkerRow
 from tests.conftest import CONFIG, SEEDS
 from tests.httpserver import LoopbackServer
-from tests.pollkit import FAST, consistency
+from tests.pollkit import FAST, MANY_ITEMS_DETECTOR, consistency
 from tests.scalekit import (
     Feeds,
     cluster,
@@ -42,13 +42,15 @@ TICK = 0.5
 
 
 def sections(**extra: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Fast fetches, short leases and ticks, no translation, no embedding model."""
+    """Fast fetches, short leases and ticks, a quick language detector, no translation, no
+    embedding model."""
     base: dict[str, dict[str, Any]] = {
         # Generous read deadlines: three workers and the test share two loaded cores, and
         # a fetch that times out would store nothing that period (a false failure here).
         "fetch": {**FAST, "connect_timeout": 5, "read_timeout": 10, "total_deadline": 20,
                   "concurrency": 8},
         "workers": {"claim_seconds": LEASE, "tick_seconds": TICK},
+        "language": {"detector": MANY_ITEMS_DETECTOR},
         "translation": {"enabled": False},
         "dedup": {"embedder": "none"},
     }

@@ -21,11 +21,12 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote, quote_plus, urlsplit, urlunsplit
 
 import pytest
+import structlog
 
 from monitor import config, logs
 from tests.conftest import SEEDS
 from tests.httpserver import LoopbackServer, Reply
-from tests.pollkit import rss, write_config
+from tests.pollkit import FEW_ITEMS_DETECTOR, rss, write_config
 from tests.smtpserver import free_port
 
 if TYPE_CHECKING:
@@ -113,7 +114,7 @@ def feeds(server: LoopbackServer) -> list[dict[str, str]]:
 
 
 def write(tmp_path: Path, server: LoopbackServer, smtp_port: int) -> Path:
-    path = write_config(tmp_path / "config.toml", feeds(server))
+    path = write_config(tmp_path / "config.toml", feeds(server), detector=FEW_ITEMS_DETECTOR)
     with path.open("a", encoding="utf-8") as extra:
         extra.write(f'\n[translation]\nenabled = false\n[dedup]\nembedder = "none"\n'
                     f'[digest]\nrecipients = ["reader@example.org"]\nsmtp_host = "127.0.0.1"\n'
@@ -262,9 +263,18 @@ def test_settings_show_no_secret_in_describe_or_repr(tmp_path: Path) -> None:
     assert not leaks(repr(settings.digest))
 
 
+@pytest.fixture
+def restore_logs() -> Iterator[None]:
+    """structlog configured as before the test: ``logs.configure`` binds the test's captured
+    stderr, which is closed once the test ends (a later test's log line would raise)."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_logged_exceptions_carry_no_local_variables(
-        fmt: str, capsys: pytest.CaptureFixture[str]) -> None:
+        fmt: str, capsys: pytest.CaptureFixture[str], restore_logs: None) -> None:
     """A logged traceback names files and lines, never the values in its frames (with rich
     installed, structlog's console renderer would print them: smtplib's login(password))."""
     logs.configure(fmt, 2)

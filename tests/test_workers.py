@@ -26,7 +26,7 @@ from monitor.models import FeedRow, ItemRow, StoryItemRow, WorkerRow
 from monitor.workers import Worker
 from tests.conftest import CONFIG, SEEDS, Invoke
 from tests.httpserver import LoopbackServer, Reply, Request
-from tests.pollkit import item_counts, poller_for, rows, rss, write_config
+from tests.pollkit import FEW_ITEMS_DETECTOR, item_counts, poller_for, rows, rss, write_config
 from tests.test_translate import FakeTranslator, _setup
 
 NOW = datetime(2025, 8, 21, 12, tzinfo=UTC)
@@ -376,7 +376,7 @@ def test_a_second_daemon_on_one_sqlite_file_refuses(tmp_path: Path,
     it left on a feed at once instead of waiting for it to lapse."""
     url = f"sqlite:///{tmp_path / 'm.db'}"
     feed = loopback_server.route("/feed", Reply(body=rss("single", 1)))
-    path = write_config(tmp_path / "c.toml", [{"url": feed}])
+    path = write_config(tmp_path / "c.toml", [{"url": feed}], detector=FEW_ITEMS_DETECTOR)
     first = _run(path, url)
     sessions = _sessions(url)
     _wait(lambda: _count_workers(sessions) == 1, first)
