@@ -143,14 +143,15 @@ def relatives_of(code: str) -> frozenset[str]:
 def letter_weight(text: str, enough: int | None = None) -> int:
     """Letters left once URLs are gone; a CJK character weighs as much as a short word.
 
-    Counting stops once the weight reaches ``enough``: callers that only compare it with
-    thresholds up to ``enough`` need not read a long text to its end.
+    With ``enough``, an opening of the text that already weighs that much is the answer:
+    callers that only compare it with thresholds up to ``enough`` need not read a long
+    text to its end.
     """
     # An opening cut at a space (never inside a URL) usually holds enough letters.
     if enough is not None and (cut := text.find(" ", 4 * enough)) >= 0 and (
-            weight := _letters(text[:cut], enough)) >= enough:
+            weight := _letters(text[:cut])) >= enough:
         return weight
-    return _letters(text, enough)
+    return _letters(text)
 
 
 def _without_urls(text: str) -> str:
@@ -159,16 +160,8 @@ def _without_urls(text: str) -> str:
     return _URL.sub(" ", text) if "://" in low or "www." in low else text
 
 
-def _letters(text: str, enough: int | None) -> int:
+def _letters(text: str) -> int:
     text = _without_urls(text)
-    if enough is not None and len(text) > 8 * enough:  # a long text: stop once enough
-        weight = 0
-        for ch in text:
-            if ch.isalpha():
-                weight += 3 if _is_wide(ch) else 1
-                if weight >= enough:
-                    break
-        return weight
     weight = sum(map(str.isalpha, text))  # counted in C
     return weight + 2 * len(_wide_letters().findall(text)) if weight else 0
 

@@ -85,11 +85,8 @@ def insert_many(session: Session, table: Table, columns: Sequence[str],
         session.execute(insert_ignore(session, table),
                         [dict(zip(columns, row, strict=True)) for row in rows])
         return
-    sql, processors = _sqlite_insert(table, tuple(columns), session.get_bind().dialect)
-    if any(processors):
-        rows = [tuple(value if convert is None or value is None else convert(value)
-                      for convert, value in zip(processors, row, strict=True)) for row in rows]
-    session.connection().exec_driver_sql(sql, list(map(tuple, rows)))
+    insert = _SqliteInsert.of(table, tuple(columns), session.get_bind().dialect)
+    session.connection().exec_driver_sql(insert.sql(1), [insert.values(row) for row in rows])
 
 
 def _sqlite_insert_returning(session: Session, table: Table, columns: Sequence[str],
@@ -98,35 +95,43 @@ def _sqlite_insert_returning(session: Session, table: Table, columns: Sequence[s
     ``returning`` (columns, as SQL), as few statements as its variable limit allows; the
     rows inserted, as the driver returns them. Their ids grow in the order of ``rows``
     (a new rowid is one more than the largest, and the writer holds the only lock)."""
-    _, processors = _sqlite_insert(table, tuple(columns), session.get_bind().dialect)
+    insert = _SqliteInsert.of(table, tuple(columns), session.get_bind().dialect)
     connection = session.connection()
     out: list[Any] = []
     for chunk in _chunks(rows, SQLITE_VARIABLES // len(columns)):
-        flat = [value if convert is None or value is None else convert(value)
-                for row in chunk for convert, value in zip(processors, row, strict=True)]
-        sql = _sqlite_values(table, tuple(columns), len(chunk), returning)
-        out.extend(connection.exec_driver_sql(sql, tuple(flat)).all())
+        flat = tuple(value for row in chunk for value in insert.values(row))
+        out.extend(connection.exec_driver_sql(insert.sql(len(chunk), returning), flat).all())
     return out
 
 
-@lru_cache(maxsize=64)
-def _sqlite_insert(table: Table, columns: tuple[str, ...],
-                   dialect: Any) -> tuple[str, tuple[Callable[[Any], Any] | None, ...]]:
-    names = ", ".join(f'"{name}"' for name in columns)
-    marks = ", ".join("?" for _ in columns)
-    processors = tuple(table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
-                       for name in columns)
-    # ON CONFLICT, not OR IGNORE: that would also drop rows breaking a NOT NULL or CHECK.
-    return (f'INSERT INTO "{table.name}" ({names}) VALUES ({marks}) ON CONFLICT DO NOTHING',
-            processors)
+@dataclass(frozen=True)
+class _SqliteInsert:
+    """An insert into ``table``'s ``columns`` on SQLite: its SQL and its value converters."""
 
+    table: str
+    columns: tuple[str, ...]
+    processors: tuple[Callable[[Any], Any] | None, ...]
 
-@lru_cache(maxsize=64)
-def _sqlite_values(table: Table, columns: tuple[str, ...], count: int, returning: str) -> str:
-    names = ", ".join(f'"{name}"' for name in columns)
-    row = "(" + ", ".join("?" for _ in columns) + ")"
-    return (f'INSERT INTO "{table.name}" ({names}) VALUES {", ".join([row] * count)} '
-            f"ON CONFLICT DO NOTHING RETURNING {returning}")
+    @classmethod
+    @lru_cache(maxsize=64)
+    def of(cls, table: Table, columns: tuple[str, ...], dialect: Any) -> _SqliteInsert:
+        return cls(table.name, columns, tuple(
+            table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
+            for name in columns))
+
+    def values(self, row: Sequence[Any]) -> tuple[Any, ...]:
+        return tuple(value if convert is None or value is None else convert(value)
+                     for convert, value in zip(self.processors, row, strict=True))
+
+    @lru_cache(maxsize=64)  # noqa: B019 - few instances (one per table and columns), kept
+    def sql(self, count: int, returning: str = "") -> str:
+        """``count`` rows of values; ON CONFLICT, not OR IGNORE, which would also drop rows
+        breaking a NOT NULL or CHECK."""
+        names = ", ".join(f'"{name}"' for name in self.columns)
+        row = "(" + ", ".join("?" for _ in self.columns) + ")"
+        tail = f" RETURNING {returning}" if returning else ""
+        return (f'INSERT INTO "{self.table}" ({names}) VALUES {", ".join([row] * count)} '
+                f"ON CONFLICT DO NOTHING{tail}")
 
 
 # --- exact identity ----------------------------------------------------------------

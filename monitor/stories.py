@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
@@ -156,34 +156,28 @@ class Placed:
         statement and result layers would cost several times the indexed probes."""
         found: dict[int, set[int]] = {}
         signatures: dict[int, np.ndarray] = {}
-        driver = self._driver()
-        mark = "?" if isinstance(driver, sqlite3.Connection) else "%s"
-        for chunk in chunks(sorted(set(keys))):
-            cursor = driver.cursor()
-            cursor.execute(_near_sql(mark, len(chunk)), tuple(chunk))
-            for key, item_id, blob in cursor.fetchall():
-                if item_id not in self.hidden:
-                    found.setdefault(key, set()).add(item_id)
-                    if item_id not in signatures:
-                        signatures[item_id] = dedup.signature_from(bytes(blob) if blob else None)
-            cursor.close()
+        for key, item_id, blob in self._raw(_near_sql, sorted(set(keys))):
+            if item_id not in self.hidden:
+                found.setdefault(key, set()).add(item_id)
+                if item_id not in signatures:
+                    signatures[item_id] = dedup.signature_from(bytes(blob) if blob else None)
         return found, signatures
 
     def _signatures(self, ids: AbstractSet[int]) -> dict[int, np.ndarray]:
         """The signatures of those of ``ids`` that are placed (and not hidden)."""
-        wanted = sorted(ids - self.hidden)
-        signatures: dict[int, np.ndarray] = {}
-        if not wanted:
-            return signatures
+        return {item_id: dedup.signature_from(bytes(blob) if blob else None)
+                for item_id, blob in self._raw(_signatures_sql, sorted(ids - self.hidden))}
+
+    def _raw(self, sql: Callable[[str, int], str], values: Sequence[Any]) -> Iterator[Any]:
+        """Rows of ``sql(mark, count)`` for ``values`` in chunks, through the driver's
+        connection inside the session's transaction (the polling path's statements)."""
         driver = self._driver()
         mark = "?" if isinstance(driver, sqlite3.Connection) else "%s"
-        for chunk in chunks(wanted):
+        for chunk in chunks(values):
             cursor = driver.cursor()
-            cursor.execute(_signatures_sql(mark, len(chunk)), tuple(chunk))
-            for item_id, blob in cursor.fetchall():
-                signatures[item_id] = dedup.signature_from(bytes(blob) if blob else None)
+            cursor.execute(sql(mark, len(chunk)), tuple(chunk))
+            yield from cursor.fetchall()
             cursor.close()
-        return signatures
 
     def _driver(self) -> Any:
         driver = self.session.connection().connection.driver_connection

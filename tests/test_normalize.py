@@ -103,11 +103,21 @@ def test_html_to_text(html: str, expected: str) -> None:
         ("  many   spaces\there  \n\n\n\n next  ", "many spaces here\n\nnext"),
         ("line\r\nbreaks\rhere", "line\nbreaks\nhere"),
         ("", ""),
+        ("  a \t b  \n  c  ", "a b\nc"),
+        ("a \n \n b", "a\n\nb"),
+        ("a\r\n\r\n\r\n\r\nb", "a\n\nb"),
+        ("a\u2028b\u2029\u2029\u2029c", "a\nb\n\nc"),
+        ("\u00a0a\u3000\u3000b\u00a0\n\u200b c", "a b\nc"),
+        ("a \x0b\x0c\x1c b", "a b"),
+        ("line\x85next", "linenext"),
+        ("\n\n\n", ""),
     ],
 )
 def test_clean_text(text: str, expected: str) -> None:
-    """clean_text repairs mojibake, normalizes to NFC and tidies whitespace."""
+    """clean_text repairs mojibake, normalizes to NFC and tidies whitespace: runs of spaces
+    become one, lines lose their edge spaces, at most one blank line; clean text stays."""
     assert clean_text(text) == expected
+    assert clean_text(expected) == expected
 
 
 def test_clean_title_is_one_line() -> None:
@@ -173,19 +183,3 @@ def test_canonical_url_is_idempotent(url: str) -> None:
     """Canonicalizing a canonical URL changes nothing."""
     once = canonical_url(url)
     assert once is None or canonical_url(once) == once
-
-
-@pytest.mark.parametrize(("raw", "clean"), [
-    ("  a \t b  \n  c  ", "a b\nc"),
-    ("a \n \n b", "a\n\nb"),
-    ("a\r\n\r\n\r\n\r\nb", "a\n\nb"),
-    ("a\u2028b\u2029\u2029\u2029c", "a\nb\n\nc"),
-    ("\u00a0a\u3000\u3000b\u00a0\n\u200b c", "a b\nc"),
-    ("a \x0b\x0c\x1c b", "a b"),
-    ("line\x85next", "linenext"),
-    ("\n\n\n", ""),
-])
-def test_clean_text_whitespace(raw: str, clean: str) -> None:
-    """Runs of spaces become one, lines lose their edge spaces, at most one blank line."""
-    assert clean_text(raw) == clean
-    assert clean_text(clean) == clean
