@@ -57,10 +57,11 @@ _SURROGATES = re.compile(r"[\ud800-\udfff]")
 _INVISIBLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\u200b\u2060\ufeff\ufffe\uffff]")
 _C1_CONTROLS = re.compile(r"[\x80-\x9f]")
 _LINE_BREAKS = re.compile(r"\r\n?|[\u2028\u2029]")
-_INLINE_SPACE = re.compile(r"[^\S\n]+")
 _PARAGRAPH_GAP = re.compile(r"\n{3,}")
-_SPACE_AT_BREAK = re.compile(r" ?\n ?")
 _ANY_SPACE = re.compile(r"\s+")
+# Whatever the first three steps of a cleaning remove or rewrite: most text has none.
+_UNUSUAL = re.compile("[\ud800-\udfff\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b\u2060"
+                      "\ufeff\ufffe\uffff\r\u2028\u2029]")
 
 
 # UTF-8 read as Latin-1/cp1252: a lead byte (Â..ô) then a continuation byte (0x80..0xBF),
@@ -108,20 +109,23 @@ def _clean_once(text: str) -> str:
     # C0 controls and invisible marks go first (one inside "Ã©" hides it from the repair);
     # C1 controls go after it: double-encoded Cyrillic needs them (Ð\x9d -> Н). NFC comes
     # last, so that no removal can leave a base letter and its accent apart.
-    text = _SURROGATES.sub("", text)
-    if "\r" in text or "\u2028" in text or "\u2029" in text:
-        text = _LINE_BREAKS.sub("\n", text)
-    text = _INVISIBLE.sub("", text)
-    text = unicodedata.normalize("NFC", _C1_CONTROLS.sub("", repair_mojibake(text)))
-    # Each line's runs of spaces made one, and no space left at either end of a line.
-    text = _SPACE_AT_BREAK.sub("\n", _INLINE_SPACE.sub(" ", text))
+    unusual = _UNUSUAL.search(text) is not None
+    if unusual:
+        text = _INVISIBLE.sub("", _LINE_BREAKS.sub("\n", _SURROGATES.sub("", text)))
+    repaired = repair_mojibake(text)
+    if unusual or repaired is not text:
+        repaired = _C1_CONTROLS.sub("", repaired)
+    text = unicodedata.normalize("NFC", repaired)
+    # Each line's runs of spaces made one, and no space left at either end of a line
+    # (str.split and the regex \s agree on what whitespace is).
+    text = "\n".join(" ".join(line.split()) for line in text.split("\n"))
     return (_PARAGRAPH_GAP.sub("\n\n", text) if "\n\n\n" in text else text).strip()
 
 
 def clean_title(text: str) -> str:
     """:func:`clean_text` squeezed onto one line (squeezed first too: the mojibake repair
     reads line by line, and must see the line the title will be)."""
-    return _ANY_SPACE.sub(" ", clean_text(_ANY_SPACE.sub(" ", text))).strip()
+    return " ".join(clean_text(_ANY_SPACE.sub(" ", text)).split())
 
 
 # --- URLs ------------------------------------------------------------------------------------
@@ -140,6 +144,9 @@ _TRACKING_PARAMS = frozenset({
 _TRACKING_PREFIXES = ("utm_", "pk_", "mtm_")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _URL_STRIPPED = re.compile(r"[\t\n\r]")
+# An absolute http(s) link that urljoin would give back unchanged, whatever the base (it
+# would split and join it again, which drops an empty "?", "#" or ";"): most links are.
+_PLAIN_ABSOLUTE = re.compile(r"https?://[^/?#;]+(?:/[^?#;]*)?(?:\?[^#]+)?(?:#.+)?", re.DOTALL)
 _URL_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # escaped, as browsers do (and PostgreSQL needs)
 _PERCENT = re.compile(r"%([0-9A-Fa-f]{2})")
 _BARE_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
@@ -198,7 +205,7 @@ def _resolve(url: str, base: str | None) -> tuple[str, SplitResult] | None:
     if not url or len(url) > MAX_URL_CHARS:
         return None
     try:
-        if base:
+        if base and not _PLAIN_ABSOLUTE.fullmatch(url):
             url = urljoin(_URL_STRIPPED.sub("", base).strip(), url)
         return url, urlsplit(url)
     except ValueError:

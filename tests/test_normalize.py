@@ -183,3 +183,21 @@ def test_canonical_url_is_idempotent(url: str) -> None:
     """Canonicalizing a canonical URL changes nothing."""
     once = canonical_url(url)
     assert once is None or canonical_url(once) == once
+
+
+@pytest.mark.parametrize("link", [
+    "https://example.com/a/b?x=1#f", "http://example.com", "https://example.com/a/../b/./c",
+    "https://example.com/a?", "https://example.com/a#", "https://example.com/a;",
+    "https://example.com/a;p?q", "https://?x", "https://#f", "http://h/?#", "http://h/p?q#",
+    "https://example.com//double", "https://[::1]/v6", "https://ex ample.com/sp ace",
+])
+@pytest.mark.parametrize("base", ["https://base.example/dir/page", "http://base.example/", None])
+def test_absolute_links_resolve_as_urljoin_does(link: str, base: str | None) -> None:
+    """The shortcut for links that are already absolute gives what urljoin gives."""
+    from urllib.parse import urljoin
+
+    from monitor.normalize import _resolve
+
+    expected = urljoin(base, link) if base else link
+    resolved = _resolve(link, base)
+    assert (resolved[0] if resolved else None) == expected
