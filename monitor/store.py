@@ -86,7 +86,7 @@ def insert_many(session: Session, table: Table, columns: Sequence[str],
                         [dict(zip(columns, row, strict=True)) for row in rows])
         return
     insert = _SqliteInsert.of(table, tuple(columns), session.get_bind().dialect)
-    session.connection().exec_driver_sql(insert.sql(1), [insert.values(row) for row in rows])
+    session.connection().exec_driver_sql(insert.sql(1), insert.rows(rows))
 
 
 def _sqlite_insert_returning(session: Session, table: Table, columns: Sequence[str],
@@ -122,6 +122,10 @@ class _SqliteInsert:
     def values(self, row: Sequence[Any]) -> tuple[Any, ...]:
         return tuple(value if convert is None or value is None else convert(value)
                      for convert, value in zip(self.processors, row, strict=True))
+
+    def rows(self, rows: Sequence[Sequence[Any]]) -> Sequence[Sequence[Any]]:
+        """``rows`` as the driver takes them: as they are when no column converts."""
+        return [self.values(row) for row in rows] if any(self.processors) else rows
 
     @lru_cache(maxsize=64)  # noqa: B019 - few instances (one per table and columns), kept
     def sql(self, count: int, returning: str = "") -> str:
