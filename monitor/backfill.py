@@ -1,11 +1,17 @@
-"""`monitor backfill`: every source through the pipeline, one transaction per source,
-so an error or Ctrl-C loses nothing that was already stored and a rerun completes."""
+"""`monitor backfill`: every source through the pipeline. Sources share a transaction
+until it holds GROUP_ITEMS new items or GROUP_SECONDS have passed (a commit per small
+source would cost more than its items: SQLite rewrites every index page a commit
+touched); a database error rolls the group back and its sources are ingested again one
+per transaction, so only the failing one fails. An error or Ctrl-C loses nothing that
+was already committed, a source is reported once its transaction commits, and a rerun
+completes the rest."""
 
 from __future__ import annotations
 
 import signal
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -22,11 +28,11 @@ from monitor.config import Settings
 from monitor.embed import make_embedder
 from monitor.errors import MonitorError, StoreError
 from monitor.parse import DEFAULT_LIMITS, ParseLimits, limits_for
-from monitor.pipeline import Filters, Pipeline, ingest
+from monitor.pipeline import Filters, Pipeline, SourceContext, ingest
 from monitor.sources import Source, discover, read
 from monitor.stories import orphans
 from monitor.story_sweep import Bars, Progress, SettleReport, settle_stored
-from monitor.types import IngestReport
+from monitor.types import Article, IngestReport
 
 log = logs.get("monitor.backfill")
 
@@ -111,19 +117,117 @@ def _line(o: Outcome) -> str:
             + (f", {r.skipped} skipped by date" if r.skipped else ""))
 
 
-def ingest_source(sessions: sessionmaker[Session], source: Source, options: Options,
-                  pipeline: Pipeline) -> IngestReport:
-    """One source in one transaction."""
-    articles, ctx = read(source, outlet=options.outlet, limits=options.limits)
-    if options.published is not None:
-        ctx = replace(ctx, published=options.published)
-    filters = Filters(options.since, options.until)
-    try:
-        with db.transaction(sessions) as session:
-            return ingest(session, articles, ctx, pipeline, datetime.now(UTC), filters)
-    except SQLAlchemyError as exc:
-        _reraise_interrupt(exc)
-        raise StoreError(f"{source.label}: database error: {str(exc).splitlines()[0]}") from exc
+GROUP_ITEMS = 1_000
+GROUP_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class _Read:
+    """A source read and parsed, kept until its transaction commits (to ingest it again
+    alone if the group it was in rolls back)."""
+
+    source: Source
+    articles: list[Article]
+    ctx: SourceContext
+
+
+class _Group:
+    """Sources ingested in one transaction; their outcomes are given out after it commits.
+
+    The caller owns the group: ``add`` each source, ``flush`` at the end, ``close`` always
+    (an open transaction is rolled back, and what it held is not reported)."""
+
+    def __init__(self, sessions: sessionmaker[Session], options: Options,
+                 pipeline: Pipeline) -> None:
+        self.sessions, self.options, self.pipeline = sessions, options, pipeline
+        self.filters = Filters(options.since, options.until)
+        self.session: Session | None = None
+        self.pending: list[tuple[_Read | None, Outcome]] = []  # in source order
+        self.items = 0
+        self.started = 0.0
+
+    def add(self, source: Source) -> list[Outcome]:
+        """Ingest ``source``; the outcomes of the sources whose transaction committed."""
+        try:
+            loaded = self._read(source)
+        except MonitorError as exc:
+            self.pending.append((None, _failed(source.label, exc)))
+            return self._done() if self.session is None else []
+        if self.session is None:
+            self.session, self.started = self.sessions(), time.monotonic()
+            self.session.begin()
+        try:
+            report = self._ingest(self.session, loaded)
+        except SQLAlchemyError as exc:
+            _reraise_interrupt(exc)
+            return self._one_by_one(loaded)
+        self.pending.append((loaded, Outcome(source.label, report=report)))
+        self.items += report.new
+        if self.items >= GROUP_ITEMS or time.monotonic() - self.started >= GROUP_SECONDS:
+            return self.flush()
+        return []
+
+    def flush(self) -> list[Outcome]:
+        """Commit the open transaction; every pending outcome."""
+        if self.session is not None:
+            try:
+                self.session.commit()
+            except SQLAlchemyError as exc:
+                _reraise_interrupt(exc)
+                return self._one_by_one(None)
+            self._end()
+        return self._done()
+
+    def close(self) -> None:
+        """Roll back whatever is not committed."""
+        self._end()
+        self.pending.clear()
+
+    def _one_by_one(self, failed: _Read | None) -> list[Outcome]:
+        """The group's transaction failed: roll it back, then each of its sources (and
+        ``failed``, the one that broke it) in a transaction of its own."""
+        self._end()
+        redo = [(loaded, outcome) for loaded, outcome in self.pending]
+        if failed is not None:
+            redo.append((failed, Outcome(failed.source.label)))
+        self.pending = []
+        out = []
+        for loaded, outcome in redo:
+            out.append(outcome if loaded is None else self._alone(loaded))
+        for outcome in out:
+            _logged(outcome)
+        return out
+
+    def _alone(self, loaded: _Read) -> Outcome:
+        try:
+            with db.transaction(self.sessions) as session:
+                return Outcome(loaded.source.label, report=self._ingest(session, loaded))
+        except SQLAlchemyError as exc:
+            _reraise_interrupt(exc)
+            return _failed(loaded.source.label, StoreError(
+                f"{loaded.source.label}: database error: {str(exc).splitlines()[0]}"))
+
+    def _read(self, source: Source) -> _Read:
+        articles, ctx = read(source, outlet=self.options.outlet, limits=self.options.limits)
+        if self.options.published is not None:
+            ctx = replace(ctx, published=self.options.published)
+        return _Read(source, articles, ctx)
+
+    def _ingest(self, session: Session, loaded: _Read) -> IngestReport:
+        return ingest(session, loaded.articles, loaded.ctx, self.pipeline, datetime.now(UTC),
+                      self.filters)
+
+    def _done(self) -> list[Outcome]:
+        out = [outcome for _loaded, outcome in self.pending]
+        self.pending, self.items = [], 0
+        for outcome in out:
+            _logged(outcome)
+        return out
+
+    def _end(self) -> None:
+        if self.session is not None:
+            self.session.close()  # rolls back a transaction still open
+            self.session = None
 
 
 def _reraise_interrupt(exc: BaseException) -> None:
@@ -162,17 +266,20 @@ def run_backfill(settings: Settings, sessions: sessionmaker[Session], specs: Seq
             sources.extend(discover(spec))
         except MonitorError as exc:
             summary.outcomes.append(_failed(spec, exc))
-    pipeline = Pipeline.from_settings(settings)
+    group = _Group(sessions, options, Pipeline.from_settings(settings))
     try:
         with _sigint_noted() as stop, _bar(sources, progress) as bar:
             for source in bar:
-                summary.outcomes.append(_one(sessions, source, options, pipeline))
+                summary.outcomes.extend(group.add(source))
                 _check(stop)
+            summary.outcomes.extend(group.flush())
             if settle:
                 summary.settled = _settle(settings, sessions, summary, progress)
                 _check(stop)
     except KeyboardInterrupt:
         summary.interrupted = True
+    finally:
+        group.close()
     return summary
 
 
@@ -240,15 +347,10 @@ def click_bars(show: bool) -> Bars:
     return bars
 
 
-def _one(sessions: sessionmaker[Session], source: Source, options: Options,
-         pipeline: Pipeline) -> Outcome:
-    try:
-        report = ingest_source(sessions, source, options, pipeline)
-    except MonitorError as exc:
-        return _failed(source.label, exc)
-    log.info("source.ingested", source=source.label, new=report.new,
-             duplicates=report.duplicate_total)
-    return Outcome(source.label, report=report)
+def _logged(outcome: Outcome) -> None:
+    if (report := outcome.report) is not None:
+        log.info("source.ingested", source=outcome.label, new=report.new,
+                 duplicates=report.duplicate_total)
 
 
 def _failed(label: str, exc: MonitorError) -> Outcome:

@@ -9,7 +9,7 @@ from pathlib import Path
 from sqlalchemy import create_engine, func, select
 
 from monitor.models import ItemRow, StoryItemRow, StoryRow
-from tests.conftest import SEEDS, Invoke
+from tests.conftest import CONFIG, SEEDS, Invoke
 
 
 def _items(invoke: Invoke) -> list[dict]:
@@ -124,3 +124,85 @@ def test_every_item_has_a_story_and_every_story_an_item(monitor: Invoke,
             ~StoryRow.id.in_(select(StoryItemRow.story_id))))
     engine.dispose()
     assert linked == 5 and empty == 0 and 1 <= stories <= 5
+
+
+def _feed(path: Path, titles: list[str]) -> Path:
+    items = "".join(f"<item><title>{t}</title><link>https://example.org/{path.stem}/{n}</link>"
+                    f"<description>{t}: a report of some length about {path.stem} and {n}."
+                    f"</description></item>" for n, t in enumerate(titles))
+    path.write_text(f'<?xml version="1.0"?><rss version="2.0"><channel><title>{path.stem}'
+                    f"</title><link>https://example.org/</link>{items}</channel></rss>",
+                    encoding="utf-8")
+    return path
+
+
+def _poison(database_url: str) -> None:
+    """A trigger that refuses any item titled POISON: a real database error, mid-group."""
+    engine = create_engine(database_url)
+    with engine.begin() as conn:
+        if engine.dialect.name == "sqlite":
+            conn.exec_driver_sql(
+                "CREATE TRIGGER poison BEFORE INSERT ON items WHEN NEW.title GLOB 'POISON*' "
+                "BEGIN SELECT RAISE(ABORT, 'poisoned item'); END")
+        else:
+            conn.exec_driver_sql(
+                "CREATE FUNCTION poison() RETURNS trigger AS $$ BEGIN IF "
+                "starts_with(NEW.title, 'POISON') THEN RAISE EXCEPTION 'poisoned item'; END IF; RETURN NEW; END $$ "
+                "LANGUAGE plpgsql")
+            conn.exec_driver_sql("CREATE TRIGGER poison BEFORE INSERT ON items FOR EACH ROW "
+                                 "EXECUTE FUNCTION poison()")
+    engine.dispose()
+
+
+def test_database_error_in_a_shared_transaction_fails_only_its_source(
+        monitor: Invoke, database_url: str, tmp_path: Path) -> None:
+    """Sources share a transaction; when one breaks it, the others are stored anyway and
+    only the broken one is reported, once, naming it."""
+    assert monitor("db", "upgrade").exit_code == 0
+    _poison(database_url)
+    feeds = tmp_path / "feeds"
+    feeds.mkdir()
+    _feed(feeds / "a.xml", ["Alpha one", "Alpha two"])
+    bad = _feed(feeds / "b.xml", ["POISON pill in the feed"])
+    _feed(feeds / "c.xml", ["Gamma one", "Gamma two"])
+    result = monitor("backfill", "--json", str(feeds))
+    assert result.exit_code == 1, result.output
+    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("monitor: ")]
+    assert len(errors) == 1 and str(bad) in errors[0] and "database error" in errors[0], errors
+    summary = json.loads(result.stdout)
+    assert summary["totals"]["new"] == 4
+    assert sorted(i["title"] for i in _items(monitor)) == [
+        "Alpha one", "Alpha two", "Gamma one", "Gamma two"]
+
+
+def test_small_sources_share_commits_and_are_reported_in_order(tmp_path: Path) -> None:
+    """Thirty one-item sources are not thirty commits; every source is reported, in order,
+    a failing one in its place."""
+    from sqlalchemy import event
+
+    from monitor import db
+    from monitor.backfill import Options, run_backfill
+    from monitor.config import load
+
+    articles = tmp_path / "articles"
+    articles.mkdir()
+    for n in range(30):
+        (articles / f"{n:02d}.txt").write_text(
+            f"Headline number {n} about drones\n\nBody {n} of the article, with some words.\n",
+            encoding="utf-8")
+    broken = _feed(tmp_path / "broken.xml", ["x"])
+    broken.write_text("<rss><channel><item><title>unclosed", encoding="utf-8")
+    url = f"sqlite:///{tmp_path / 'group.db'}"
+    engine = db.make_engine(url)
+    db.ensure_schema(engine)
+    commits: list[int] = []
+    event.listen(engine, "commit", lambda _conn: commits.append(1))
+    specs = [str(articles / f"{n:02d}.txt") for n in range(15)] + [str(broken)] + [
+        str(articles / f"{n:02d}.txt") for n in range(15, 30)]
+    summary = run_backfill(load(CONFIG, database_url=url), db.session_factory(engine), specs,
+                           Options(), progress=False, settle=False)
+    engine.dispose()
+    assert [o.label for o in summary.outcomes] == specs
+    assert [o.error is not None for o in summary.outcomes] == [s == str(broken) for s in specs]
+    assert summary.totals()["new"] == 30
+    assert 1 <= len(commits) < 10, len(commits)
