@@ -147,8 +147,8 @@ def _poison(database_url: str) -> None:
         else:
             conn.exec_driver_sql(
                 "CREATE FUNCTION poison() RETURNS trigger AS $$ BEGIN IF "
-                "starts_with(NEW.title, 'POISON') THEN RAISE EXCEPTION 'poisoned item'; END IF; RETURN NEW; END $$ "
-                "LANGUAGE plpgsql")
+                "starts_with(NEW.title, 'POISON') THEN RAISE EXCEPTION 'poisoned item'; "
+                "END IF; RETURN NEW; END $$ LANGUAGE plpgsql")
             conn.exec_driver_sql("CREATE TRIGGER poison BEFORE INSERT ON items FOR EACH ROW "
                                  "EXECUTE FUNCTION poison()")
     engine.dispose()
