@@ -134,16 +134,18 @@ class Placed:
         self.memory = memory
 
     def near(self, keys: Sequence[int]) -> tuple[dict[int, set[int]], dict[int, np.ndarray]]:
-        """Placed items sharing any of these band keys, by key, and their signatures."""
+        """Placed items sharing any of these band keys, by key, and their signatures.
+        Through the copy, both come from its own connection: no statement in the session
+        (what the copy finds, the callers confirm there)."""
         index = band_index.of(self.session) if self.memory else None
         if index is not None:
             try:
                 hits = index.lookup(keys)
+                signatures = self._signatures({i for ids in hits.values() for i in ids}, index)
             except sqlite3.Error:  # the copy cannot read the file: the table answers
                 index = None
         if index is None:
             return self._near_in_table(keys)
-        signatures = self._signatures({i for ids in hits.values() for i in ids})
         found = {key: kept for key, ids in hits.items()
                  if (kept := {i for i in ids if i in signatures})}
         return found, signatures
@@ -163,10 +165,17 @@ class Placed:
                     signatures[item_id] = dedup.signature_from(bytes(blob) if blob else None)
         return found, signatures
 
-    def _signatures(self, ids: AbstractSet[int]) -> dict[int, np.ndarray]:
-        """The signatures of those of ``ids`` that are placed (and not hidden)."""
+    def _signatures(self, ids: AbstractSet[int], index: band_index.BandIndex | None = None
+                    ) -> dict[int, np.ndarray]:
+        """The signatures of those of ``ids`` that are placed (and not hidden): as the
+        session sees them, or as committed, through ``index``'s own connection."""
+        wanted = sorted(ids - self.hidden)
+        if not wanted:
+            return {}
+        rows = (self._raw(_signatures_sql, wanted) if index is None
+                else index.read(_signatures_sql, wanted))
         return {item_id: dedup.signature_from(bytes(blob) if blob else None)
-                for item_id, blob in self._raw(_signatures_sql, sorted(ids - self.hidden))}
+                for item_id, blob in rows}
 
     def _raw(self, sql: Callable[[str, int], str], values: Sequence[Any]) -> Iterator[Any]:
         """Rows of ``sql(mark, count)`` for ``values`` in chunks, through the driver's

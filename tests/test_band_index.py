@@ -4,6 +4,7 @@ with other connections' commits, and out of the way where it cannot be."""
 from __future__ import annotations
 
 import random
+import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -181,3 +182,114 @@ def test_ingest_gives_the_same_stories_with_and_without_the_copy(tmp_path: Path)
         engine.dispose()
     assert links[0] == links[1]
     assert sum(1 for _, _, reason in links[0] if reason == "near") >= 10
+
+
+def _band_file(path: Path, rows: list[tuple[int, int]]) -> None:
+    """A SQLite file with a band table only, holding ``rows`` (band key, item id)."""
+    con = sqlite3.connect(path)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.execute("CREATE TABLE IF NOT EXISTS minhash_bands (band_key INTEGER, item_id INTEGER, "
+                "PRIMARY KEY (band_key, item_id)) WITHOUT ROWID")
+    con.executemany("INSERT INTO minhash_bands VALUES (?, ?)", rows)
+    con.commit()
+    con.close()
+
+
+def _shared_rows(rng: np.random.Generator, first: int, items: int) -> list[tuple[int, int]]:
+    """16 keys an item: most its own, some shared by a few items, one by very many."""
+    hot = [int(k) for k in rng.integers(-2**63, 2**63 - 1, 20)]
+    rows = set()
+    for item in range(first, first + items):
+        own = rng.integers(-2**63, 2**63 - 1, 14).tolist()
+        shared = [hot[0], hot[int(rng.integers(1, len(hot)))]] if item % 3 == 0 else \
+            rng.integers(-2**63, 2**63 - 1, 2).tolist()
+        rows.update((int(k), item) for k in own + shared)
+    return sorted(rows)
+
+
+def _answers(rows: list[tuple[int, int]], keys: list[int]) -> dict[int, list[int]]:
+    found: dict[int, list[int]] = {}
+    for key, item in sorted(rows):
+        if key in keys:
+            found.setdefault(key, []).append(item)
+    return found
+
+
+@pytest.mark.parametrize("window", [64, 2])
+def test_lookup_and_candidates_answer_as_the_rows_do(tmp_path: Path, monkeypatch,
+                                                     window: int) -> None:
+    """Keys one item has, keys a few share, a key a third of the items share, keys nobody
+    has, repeated keys: the directory's windows (and, past a full window, the binary
+    search) give every item with each key, in id order; then news, not yet merged."""
+    monkeypatch.setattr(band_index, "MAX_WINDOW", window)
+    rng = np.random.default_rng(window)
+    path = tmp_path / "bands.db"
+    rows = _shared_rows(rng, 1, 600)
+    _band_file(path, rows)
+    index = band_index.BandIndex(str(path))
+    stored = sorted({k for k, _ in rows})
+    try:
+        for _ in range(200):
+            keys = [stored[int(i)] for i in rng.integers(0, len(stored), 8)]
+            keys += rng.integers(-2**63, 2**63 - 1, 6).tolist() + keys[:2]  # misses, repeats
+            expected = _answers(rows, keys)
+            assert index.lookup(keys) == expected
+            assert index.candidates(keys) == {i for ids in expected.values() for i in ids}
+        assert index.lookup([]) == {} and index.candidates([]) == set()
+        assert index.lookup(stored) == _answers(rows, stored)
+        news = _shared_rows(rng, 601, 30) + [(stored[0], 700)]  # and an old key's new item
+        _band_file(path, news)
+        keys = stored[:50] + sorted({k for k, _ in news})
+        assert index.lookup(keys) == _answers(rows + news, keys)
+        assert index.candidates(keys) == {i for key, i in rows + news if key in set(keys)}
+        assert index.news_rows == len(news) and len(index.keys) == len(rows)  # not merged
+    finally:
+        index.close()
+
+
+def test_the_directory_holds_every_key_in_its_window() -> None:
+    """Every stored key is in the window its top bits point at (or its bucket is marked
+    full), however the keys are spread; no window runs past the keys."""
+    rng = np.random.default_rng(3)
+    for keys in (np.sort(rng.integers(-2**63, 2**63 - 1, 5000)),
+                 np.sort(np.repeat(rng.integers(-2**63, 2**63 - 1, 50), 7)),
+                 np.array([-2**63, -1, 0, 2**63 - 1], dtype=np.int64),
+                 np.sort(np.concatenate([rng.integers(0, 1000, 300),
+                                         rng.integers(-2**63, 2**63 - 1, 300)]))):
+        index = band_index.directory(keys)
+        starts = index.starts[keys >> index.shift]
+        full = starts == len(index.windows)
+        assert bool(np.all((index.windows[starts[~full]] == keys[~full, None]).any(axis=1)))
+        assert index.windows.shape[1] <= band_index.MAX_WINDOW
+        assert bool(np.all(index.starts <= len(index.windows)))
+
+
+def test_candidates_and_signatures_through_the_copy_equal_the_table(sessions) -> None:
+    """Near copies across sources share band keys: the candidate query gives the items
+    the table gives, and the copy's own connection reads the signatures the session
+    reads, for placed items only (not hidden ones, not unplaced ones, not unknown ids)."""
+    rng = random.Random(17)
+    bodies = [_text(rng, 100) for _ in range(4)]
+    for source in range(5):
+        _ingest(sessions, [_article(f"{source}-{i}", body + f" Note {source}{i}.", f"g{i}")
+                           for i, body in enumerate(bodies)], f"s{source}")
+    keys = _all_keys(sessions) + [rng.randrange(-2**63, 2**63) for _ in range(20)]
+    with db.transaction(sessions) as session:
+        unplaced = session.scalars(select(StoryItemRow.item_id)).first()
+        session.execute(StoryItemRow.__table__.delete().where(StoryItemRow.item_id == unplaced))
+    with sessions() as session:
+        index = band_index.of(session)
+        assert index is not None
+        table, _ = stories.Placed(session).near(keys)
+        assert any(len(ids) > 2 for ids in table.values())  # keys several items share
+        found = index.candidates(keys)
+        assert found - {unplaced} == set().union(*table.values())
+        ids = set(session.scalars(select(ItemRow.id))) | {10**9}
+        hidden = min(ids - {unplaced})
+        placed = stories.Placed(session, frozenset({hidden}))
+        mine = placed._signatures(ids, index)
+        theirs = placed._signatures(ids)
+        assert {i: s.tolist() for i, s in mine.items()} == {i: s.tolist()
+                                                            for i, s in theirs.items()}
+        assert hidden not in mine and unplaced not in mine and 10**9 not in mine
+        assert len(mine) == len(ids) - 3

@@ -46,6 +46,24 @@ def test_batched_signatures_equal_one_by_one() -> None:
     assert np.array_equal(dedup.band_keys_many(batch[:1])[0], dedup.band_keys(batch[0]))
 
 
+def test_band_keys_of_one_signature_are_the_stored_keys() -> None:
+    """band_keys (one signature, at every near-duplicate check) gives bit for bit the
+    int64 keys band_keys_many gives (the ingest stores those): random signatures, the
+    extreme values, and other band shapes."""
+    rng = np.random.default_rng(5)
+    sigs = rng.integers(0, 2**32, size=(3000, dedup.NUM_PERM), dtype=np.uint64).astype(np.uint32)
+    edges = np.array([[0] * 128, [2**32 - 1] * 128, [0, 2**32 - 1] * 64, [1] * 127 + [0]],
+                     dtype=np.uint32)
+    sigs = np.concatenate([sigs, edges])
+    many = dedup.band_keys_many(sigs)
+    for sig, keys in zip(sigs, many, strict=True):
+        one = dedup.band_keys(sig)
+        assert one == keys.tolist() and all(type(k) is int for k in one)
+    for bands in (8, 32, 64):
+        assert dedup.band_keys(sigs[0], bands) == dedup.band_keys_many(sigs[:1], bands)[0].tolist()
+    assert dedup.band_keys(dedup.EMPTY_SIGNATURE) == []
+
+
 def test_light_rewrite_is_near_and_a_different_story_is_not() -> None:
     """A syndicated copy with one changed sentence estimates above the 0.80 threshold and
     shares a band key; a different text on the same subject does not come close."""
