@@ -18,8 +18,9 @@ whose ``PRAGMA data_version`` changes when any other connection commits: an unch
 version costs one pragma, a changed one one indexed range query.
 
 What the copy does not see, the callers handle:
-- rows the caller's own transaction wrote and has not committed (a second ingest in one
-  transaction): :func:`of` answers None and the caller asks the table;
+- rows the caller's own transaction wrote and has not committed (backfill ingests many
+  sources in one transaction): :func:`wrote` notes them in the session and :func:`own`
+  gives them back, for the caller to add to what the copy answers;
 - band rows added for old items (``stories.ensure_fingerprints`` after an upgrade): in
   this process they mark the copy stale and it is read again; by another process, they
   are missed until this one restarts (the settle and the sweeps ask the table);
@@ -33,7 +34,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
@@ -283,11 +284,8 @@ _registry_lock = threading.Lock()
 
 
 def of(session: Session) -> BandIndex | None:
-    """The copy for the session's database: None unless it is a SQLite file, and None
-    while the session's transaction holds band rows of its own not yet committed."""
-    wrote_in = session.info.get(_WROTE)
-    if wrote_in is not None and wrote_in is session.get_transaction():
-        return None
+    """The copy for the session's database: None unless it is a SQLite file. It answers
+    what is committed; the rows of the session's own transaction are :func:`own`."""
     index = session.info.get(_COPY)  # a session keeps its engine: asked once per session
     if index is not None:
         return index
@@ -304,14 +302,30 @@ def of(session: Session) -> BandIndex | None:
     return index
 
 
-def wrote(session: Session, item_ids: Iterable[int]) -> None:
-    """Note band rows written in the session's transaction: until it ends, lookups go to
-    the table; rows for items older than the copy's newest make the copy read again."""
-    session.info[_WROTE] = session.get_transaction()
+def wrote(session: Session, bands: Mapping[int, Iterable[int]]) -> None:
+    """Note band rows written in the session's transaction (band keys by item id): until
+    it ends, :func:`own` gives them; rows for items older than the copy's newest make the
+    copy read again."""
+    transaction = session.get_transaction()
+    noted = session.info.get(_WROTE)
+    if noted is None or noted[0] is not transaction:
+        noted = session.info[_WROTE] = (transaction, {})
+    for item_id, keys in bands.items():
+        for key in set(keys):
+            noted[1].setdefault(key, []).append(item_id)
     index = _indexes.get(_engine(session))
     if index is not None and index.watermark >= 0 and any(i <= index.watermark
-                                                           for i in item_ids):
+                                                           for i in bands):
         index.forget()
+
+
+def own(session: Session) -> dict[int, list[int]]:
+    """The band rows the session's open transaction wrote, item ids by band key: what the
+    copy cannot see until they are committed."""
+    noted = session.info.get(_WROTE)
+    if noted is None or noted[0] is not session.get_transaction():
+        return {}
+    return noted[1]
 
 
 def _engine(session: Session) -> Engine:

@@ -92,7 +92,7 @@ def record(session: Session, prints: Mapping[int, Fingerprint], embed: bool) -> 
                           ("item_id", "event_at", "order_key", "signature", "embed_state"), chunk)
     for chunk in chunks(bands):
         store.insert_many(session, BANDS, ("band_key", "item_id"), chunk)
-    band_index.wrote(session, prints)
+    band_index.wrote(session, {i: f.bands for i, f in prints.items()})
 
 
 def record_anchors(session: Session, anchors: Mapping[int, Sequence[str]]) -> None:
@@ -146,9 +146,19 @@ class Placed:
                 index = None
         if index is None:
             return self._near_in_table(keys)
+        if mine := self._own(keys):  # the transaction's own rows, which the copy cannot see
+            for key, ids in mine.items():
+                hits.setdefault(key, []).extend(ids)
+            signatures |= self._signatures({i for ids in mine.values() for i in ids})
         found = {key: kept for key, ids in hits.items()
                  if (kept := {i for i in ids if i in signatures})}
         return found, signatures
+
+    def _own(self, keys: Sequence[int]) -> dict[int, list[int]]:
+        written = band_index.own(self.session)
+        if not written or written.keys().isdisjoint(keys):
+            return {}
+        return {key: written[key] for key in set(keys) if key in written}
 
     def _near_in_table(self, keys: Sequence[int]
                        ) -> tuple[dict[int, set[int]], dict[int, np.ndarray]]:

@@ -97,24 +97,29 @@ def test_commits_of_another_engine_are_seen(sessions, tmp_path: Path) -> None:
     assert links[copy] == "near" and first != copy
 
 
-def test_a_transaction_with_band_rows_of_its_own_asks_the_table(sessions) -> None:
+def test_a_transaction_adds_its_own_band_rows_to_the_copy(sessions) -> None:
     """Two ingests in one transaction: the second's near duplicate of the first (not yet
-    committed, so not in the copy) is still found."""
+    committed, so not in the copy) is still found, and so is a committed one; the rows
+    the transaction wrote are its own, and a new transaction has none."""
     rng = random.Random(5)
-    _ingest(sessions, [_article("warm", _text(rng), "w")], "warm")
+    committed = _text(rng, 120)
+    _ingest(sessions, [_article("warm", committed, "w")], "warm")
     body = _text(rng, 120)
     pipeline = _pipeline()
     with db.transaction(sessions) as session:
-        ingest(session, [_article("wire", body, "a")], SourceContext("one", outlet="one"),
-               pipeline, NOW)
-        assert band_index.of(session) is None
-        report = ingest(session, [_article("wire copy", body + " More.", "b")],
+        first = ingest(session, [_article("wire", body, "a")],
+                       SourceContext("one", outlet="one"), pipeline, NOW)
+        assert band_index.of(session) is not None
+        written = band_index.own(session)
+        assert len(written) == 16 and all(v == list(first.item_ids) for v in written.values())
+        report = ingest(session, [_article("wire copy", body + " More.", "b"),
+                                  _article("warm copy", committed + " More.", "c")],
                         SourceContext("two", outlet="two"), pipeline, NOW)
     with sessions() as session:
-        reason = session.scalar(select(StoryItemRow.reason)
-                                .where(StoryItemRow.item_id == report.item_ids[0]))
-        assert band_index.of(session) is not None  # a new transaction uses the copy again
-    assert reason == "near"
+        reasons = [session.scalar(select(StoryItemRow.reason)
+                                  .where(StoryItemRow.item_id == i)) for i in report.item_ids]
+        assert band_index.own(session) == {}  # a new transaction: nothing of its own
+    assert reasons == ["near", "near"]
 
 
 def test_band_rows_for_old_items_make_the_copy_read_again(sessions) -> None:
