@@ -119,7 +119,7 @@ class BandIndex:
             self._sync()
             found = self._by_key(keys, self._rows(keys))
             for key in self._news_of(keys):
-                found.setdefault(key, []).extend(_listed(self.news[key]))
+                found.setdefault(key, []).extend(listed(self.news[key]))
             return found
 
     def candidates(self, keys: Sequence[int]) -> set[int]:
@@ -130,7 +130,7 @@ class BandIndex:
             hits = self._rows(keys)
             found = set() if hits is None else set(self.ids[hits[1]].tolist())
             for key in self._news_of(keys):
-                found.update(_listed(self.news[key]))
+                found.update(listed(self.news[key]))
             return found
 
     def read(self, sql: Callable[[str, int], str], values: Sequence[Any]) -> list[Any]:
@@ -253,7 +253,7 @@ class BandIndex:
         else:  # keys shared with other news: lists of ids
             for key, item_id in rows:
                 known = self.news.get(key)
-                self.news[key] = item_id if known is None else [*_listed(known), item_id]
+                self.news[key] = item_id if known is None else [*listed(known), item_id]
         self.watermark = rows[-1][1]
         self.news_rows += len(rows)
         if self.news_rows > max(MERGE_AT, len(self.keys) // 16):
@@ -275,7 +275,8 @@ class BandIndex:
         self.news, self.news_rows = {}, 0
 
 
-def _listed(ids: int | list[int]) -> list[int]:
+def listed(ids: int | list[int]) -> list[int]:
+    """An id, or ids, as a list."""
     return [ids] if isinstance(ids, int) else ids
 
 
@@ -310,18 +311,23 @@ def wrote(session: Session, bands: Mapping[int, Iterable[int]]) -> None:
     noted = session.info.get(_WROTE)
     if noted is None or noted[0] is not transaction:
         noted = session.info[_WROTE] = (transaction, {})
+    rows = noted[1]
     for item_id, keys in bands.items():
+        if rows.keys().isdisjoint(keys):  # almost always: keys are 64-bit hashes
+            rows.update(dict.fromkeys(keys, item_id))
+            continue
         for key in set(keys):
-            noted[1].setdefault(key, []).append(item_id)
+            known = rows.get(key)
+            rows[key] = item_id if known is None else [*listed(known), item_id]
     index = _indexes.get(_engine(session))
     if index is not None and index.watermark >= 0 and any(i <= index.watermark
                                                            for i in bands):
         index.forget()
 
 
-def own(session: Session) -> dict[int, list[int]]:
-    """The band rows the session's open transaction wrote, item ids by band key: what the
-    copy cannot see until they are committed."""
+def own(session: Session) -> dict[int, int | list[int]]:
+    """The band rows the session's open transaction wrote, by band key an item id or ids
+    (:func:`listed`): what the copy cannot see until they are committed."""
     noted = session.info.get(_WROTE)
     if noted is None or noted[0] is not session.get_transaction():
         return {}

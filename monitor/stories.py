@@ -86,7 +86,7 @@ def record(session: Session, prints: Mapping[int, Fingerprint], embed: bool) -> 
     rows = [(i, f.event_at, f.order_key,
              dedup.to_bytes(f.signature) if f.signature.size else None,
              state if f.embeddable else "empty") for i, f in prints.items()]
-    bands = [(k, i) for i, f in prints.items() for k in set(f.bands)]
+    bands = sorted((k, i) for i, f in prints.items() for k in set(f.bands))
     for chunk in chunks(rows):
         store.insert_many(session, DEDUP,
                           ("item_id", "event_at", "order_key", "signature", "embed_state"), chunk)
@@ -158,7 +158,7 @@ class Placed:
         written = band_index.own(self.session)
         if not written or written.keys().isdisjoint(keys):
             return {}
-        return {key: written[key] for key in set(keys) if key in written}
+        return {key: band_index.listed(written[key]) for key in set(keys) if key in written}
 
     def _near_in_table(self, keys: Sequence[int]
                        ) -> tuple[dict[int, set[int]], dict[int, np.ndarray]]:

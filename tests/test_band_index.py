@@ -111,7 +111,8 @@ def test_a_transaction_adds_its_own_band_rows_to_the_copy(sessions) -> None:
                        SourceContext("one", outlet="one"), pipeline, NOW)
         assert band_index.of(session) is not None
         written = band_index.own(session)
-        assert len(written) == 16 and all(v == list(first.item_ids) for v in written.values())
+        assert len(written) == 16 and all(band_index.listed(v) == list(first.item_ids)
+                                          for v in written.values())
         report = ingest(session, [_article("wire copy", body + " More.", "b"),
                                   _article("warm copy", committed + " More.", "c")],
                         SourceContext("two", outlet="two"), pipeline, NOW)
@@ -298,3 +299,15 @@ def test_candidates_and_signatures_through_the_copy_equal_the_table(sessions) ->
                                                             for i, s in theirs.items()}
         assert hidden not in mine and unplaced not in mine and 10**9 not in mine
         assert len(mine) == len(ids) - 3
+
+
+def test_own_rows_keep_every_item_of_a_shared_key(sessions) -> None:
+    """Rows a transaction wrote are given back by key, however many of its items share
+    one, and only inside that transaction."""
+    with sessions() as session, session.begin():
+        band_index.wrote(session, {1: (10, 11, 11), 2: (20, 21)})
+        band_index.wrote(session, {3: (11, 30)})
+        written = {k: band_index.listed(v) for k, v in band_index.own(session).items()}
+        assert written == {10: [1], 11: [1, 3], 20: [2], 21: [2], 30: [3]}
+    with sessions() as session, session.begin():
+        assert band_index.own(session) == {}
