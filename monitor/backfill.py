@@ -187,16 +187,10 @@ class _Group:
         """The group's transaction failed: roll it back, then each of its sources (and
         ``failed``, the one that broke it) in a transaction of its own."""
         self._end()
-        redo = [(loaded, outcome) for loaded, outcome in self.pending]
-        if failed is not None:
-            redo.append((failed, Outcome(failed.source.label)))
-        self.pending = []
-        out = []
-        for loaded, outcome in redo:
-            out.append(outcome if loaded is None else self._alone(loaded))
-        for outcome in out:
-            _logged(outcome)
-        return out
+        redo = self.pending + ([(failed, Outcome(failed.source.label))] if failed else [])
+        self.pending = [(None, outcome if loaded is None else self._alone(loaded))
+                        for loaded, outcome in redo]
+        return self._done()
 
     def _alone(self, loaded: _Read) -> Outcome:
         try:
