@@ -45,7 +45,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
-from monitor import db
+from monitor import db, store
 
 FETCH = 65_536
 # News since the copy was built wait in a dict (~100 bytes a row); past this many rows
@@ -56,7 +56,6 @@ MERGE_AT = 50_000
 # that very many items share): keys in such buckets are found by binary search.
 BUCKET_ROWS = 8
 MAX_WINDOW = 64
-CHUNK = 500  # ids per statement in :meth:`BandIndex.read`
 _WROTE = "monitor.band_index.wrote"
 _COPY = "monitor.band_index.copy"
 
@@ -140,9 +139,8 @@ class BandIndex:
         rows: list[Any] = []
         with self.lock:
             con = self._connect()
-            for start in range(0, len(values), CHUNK):
-                chunk = tuple(values[start:start + CHUNK])
-                rows += con.execute(sql("?", len(chunk)), chunk).fetchall()
+            for chunk in store.chunks(values):
+                rows += con.execute(sql("?", len(chunk)), tuple(chunk)).fetchall()
         return rows
 
     def forget(self) -> None:

@@ -59,7 +59,8 @@ STORY_ITEMS = cast(Table, StoryItemRow.__table__)
 ITEM_TOPICS = cast(Table, ItemTopicRow.__table__)
 
 
-def _chunks(values: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
+def chunks(values: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
+    """``values`` in slices of at most ``size`` (bound parameters per statement)."""
     for start in range(0, len(values), size):
         yield values[start:start + size]
 
@@ -98,8 +99,8 @@ def _sqlite_insert_returning(session: Session, table: Table, columns: Sequence[s
     insert = _SqliteInsert.of(table, tuple(columns), session.get_bind().dialect)
     connection = session.connection()
     out: list[Any] = []
-    for chunk in _chunks(rows, SQLITE_VARIABLES // len(columns)):
-        flat = tuple(value for row in chunk for value in insert.values(row))
+    for chunk in chunks(rows, SQLITE_VARIABLES // len(columns)):
+        flat = tuple(value for row in insert.rows(chunk) for value in row)
         out.extend(connection.exec_driver_sql(insert.sql(len(chunk), returning), flat).all())
     return out
 
@@ -153,7 +154,7 @@ def _story_of(session: Session, rows: Sequence[Any]) -> dict[int, int]:
 def _lookup(session: Session, query: Callable[[Sequence[Any]], Executable],
             values: Sequence[Any]) -> list[Any]:
     rows: list[Any] = []
-    for chunk in _chunks(sorted(set(values))):
+    for chunk in chunks(sorted(set(values))):
         rows.extend(session.execute(query(chunk)).all())
     return rows
 
@@ -247,7 +248,7 @@ def insert_items(session: Session, batch: Sequence[Prepared],
                                          "id, source_key, guid")
     else:
         found = []
-        for chunk in _chunks(rows):
+        for chunk in chunks(rows):
             stmt = insert_ignore(session, ITEMS).returning(
                 ITEMS.c.id, ITEMS.c.source_key, ITEMS.c.guid)
             found += session.execute(stmt, [dict(zip(ITEM_COLUMNS, row, strict=True))
@@ -323,7 +324,7 @@ def story_rows(session: Session, *, since: datetime | None = None,
 def items_of_stories(session: Session, story_ids: Sequence[int]) -> list[Any]:
     """(item, link) pairs of the given stories, oldest item first."""
     rows: list[Any] = []
-    for chunk in _chunks(list(story_ids)):
+    for chunk in chunks(list(story_ids)):
         rows.extend(session.execute(
             select(ItemRow, StoryItemRow).join(StoryItemRow, StoryItemRow.item_id == ItemRow.id)
             .where(StoryItemRow.story_id.in_(chunk))
@@ -347,7 +348,7 @@ def item_rows(session: Session, *, since: datetime | None = None,
 def topics_of(session: Session, item_ids: Sequence[int]) -> dict[int, list[str]]:
     """Topic names per item."""
     found: dict[int, list[str]] = {}
-    for chunk in _chunks(list(item_ids)):
+    for chunk in chunks(list(item_ids)):
         for item_id, topic in session.execute(
                 select(ItemTopicRow.item_id, ItemTopicRow.topic)
                 .where(ItemTopicRow.item_id.in_(chunk)).order_by(ItemTopicRow.topic)):
@@ -516,7 +517,7 @@ def hold(session: Session, kind: str, owner: str, ids: Sequence[int]) -> set[int
     model = CLAIMABLE[kind]
     key = _key(model)
     found: set[int] = set()
-    for chunk in _chunks(sorted(set(ids))):
+    for chunk in chunks(sorted(set(ids))):
         found.update(session.scalars(select(key).where(key.in_(chunk),
                                                        model.claimed_by == owner)
                                      .with_for_update()))
@@ -527,7 +528,7 @@ def renew_held(session: Session, kind: str, owner: str, ids: Sequence[int],
                until: datetime) -> None:
     """Extend ``owner``'s leases on ``ids`` (by key: no scan of a big table)."""
     model = CLAIMABLE[kind]
-    for chunk in _chunks(sorted(set(ids))):
+    for chunk in chunks(sorted(set(ids))):
         session.execute(update(model).where(_key(model).in_(chunk), model.claimed_by == owner)
                         .values(claimed_until=until)
                         .execution_options(synchronize_session=False))
@@ -536,7 +537,7 @@ def renew_held(session: Session, kind: str, owner: str, ids: Sequence[int],
 def release_held(session: Session, kind: str, owner: str, ids: Sequence[int]) -> None:
     """Give back ``owner``'s leases on ``ids``."""
     model = CLAIMABLE[kind]
-    for chunk in _chunks(sorted(set(ids))):
+    for chunk in chunks(sorted(set(ids))):
         session.execute(update(model).where(_key(model).in_(chunk), model.claimed_by == owner)
                         .values(claimed_by=None, claimed_until=None)
                         .execution_options(synchronize_session=False))
@@ -639,7 +640,7 @@ def add_feeds(session: Session, feeds: Sequence[Any], now: datetime, interval: i
              "fixed_interval": f.interval_minutes is not None, "status": "active",
              "error_count": 0, "created_at": now, "next_check_at": now,
              "host": host_of(f.url)} for f in feeds]
-    for chunk in _chunks(rows):
+    for chunk in chunks(rows):
         session.execute(insert(FeedRow), list(chunk))
 
 
@@ -721,7 +722,7 @@ def cached_translations(session: Session, package: str, version: str,
                         hashes: Sequence[str]) -> dict[str, str]:
     """Stored translations by source hash, for one package version."""
     found: dict[str, str] = {}
-    for chunk in _chunks(sorted(set(hashes))):
+    for chunk in chunks(sorted(set(hashes))):
         found.update((h, t) for h, t in session.execute(
             select(TranslationCacheRow.source_hash, TranslationCacheRow.text).where(
                 TranslationCacheRow.package == package,
@@ -735,7 +736,7 @@ def cache_translations(session: Session, package: str, version: str,
     """Keep translations by source hash (a concurrent writer's copy wins)."""
     rows = [{"package": package, "version": version, "source_hash": h, "text": t,
              "created_at": now} for h, t in texts.items()]
-    for chunk in _chunks(rows):
+    for chunk in chunks(rows):
         session.execute(insert_ignore(session, TranslationCacheRow), list(chunk))
 
 

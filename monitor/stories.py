@@ -46,10 +46,9 @@ from monitor.models import (
     StoryItemRow,
     StoryRow,
 )
-from monitor.store import insert_ignore
+from monitor.store import chunks, insert_ignore
 from monitor.types import Placement, Prepared
 
-CHUNK = 500
 # Cross-lingual candidates share an anchor that at most this many items have, and at
 # most this many of them, those sharing the most anchors, are scored.
 MAX_POSTINGS = 5000
@@ -69,11 +68,6 @@ def thresholds(settings: DedupSettings) -> Thresholds:
                       memory_index=settings.memory_index)
 
 
-def chunks(values: Sequence[Any], size: int = CHUNK) -> Iterable[Sequence[Any]]:
-    for start in range(0, len(values), size):
-        yield values[start:start + size]
-
-
 # --- writing fingerprints -----------------------------------------------------------------
 
 
@@ -86,7 +80,7 @@ def record(session: Session, prints: Mapping[int, Fingerprint], embed: bool) -> 
     rows = [(i, f.event_at, f.order_key,
              dedup.to_bytes(f.signature) if f.signature.size else None,
              state if f.embeddable else "empty") for i, f in prints.items()]
-    bands = sorted((k, i) for i, f in prints.items() for k in set(f.bands))
+    bands = [(k, i) for i, f in prints.items() for k in set(f.bands)]
     for chunk in chunks(rows):
         store.insert_many(session, DEDUP,
                           ("item_id", "event_at", "order_key", "signature", "embed_state"), chunk)

@@ -29,12 +29,11 @@ from monitor.dedup import Decision
 from monitor.embed import Embedder, embedding_text, make_embedder
 from monitor.errors import MonitorError
 from monitor.models import ItemRow, StoryItemRow
-from monitor.store import claim_embeddings
+from monitor.store import chunks, claim_embeddings
 from monitor.stories import (
     DEDUP,
     attach,
     canonical,
-    chunks,
     decide_item,
     ensure_fingerprints,
     merge_into,
